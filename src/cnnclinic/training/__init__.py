@@ -1,0 +1,1 @@
+"""Training: losses, optimizers and schedules, LR range test, metrics, checkpoints and the Trainer."""
