@@ -21,6 +21,118 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# --- train, evaluate, predict, lr-find ------------------------------------------------------------
+# Heavy modules (torch, the trainer) are imported inside the commands so `--help` stays fast.
+
+
+def _config_from_options(
+    config: Path | None, overrides: list[str] | None, data: str | None, epochs: int | None = None,
+    groups: Path | None = None, group_column: str | None = None,
+):
+    """The config file (or defaults), then --set overrides, then the explicit options (which win)."""
+    from cnnclinic.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    options = {
+        "data.source": data,
+        "train.epochs": epochs,
+        "data.groups_csv": str(groups) if groups is not None else None,
+        "data.group_column": group_column,
+    }
+    return cfg.with_overrides({key: value for key, value in options.items() if value is not None})
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable), e.g. model.activation=elu.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs (train.epochs).")] = None,
+    groups: Annotated[Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")] = None,
+    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")] = None,
+) -> None:
+    """Train a classifier, watched by the doctor, and write a run directory."""
+    if resume is not None:
+        if config is not None:
+            raise UserError("--resume uses the run's own config.yaml; drop --config (use --set or --epochs to change it)")
+        if out is not None and out.resolve() != resume.resolve():
+            raise UserError("--resume continues the run in place; drop --out or give the same folder")
+        if not (resume / "config.yaml").is_file():
+            raise UserError(f"--resume {resume}: not a cnnclinic run directory (no config.yaml)")
+        config, out = resume / "config.yaml", resume
+    elif out is None or data is None:
+        raise UserError("train needs --data (a folder, synthetic-fish or digits) and --out (the run directory)")
+    cfg = _config_from_options(config, set_, data, epochs, groups, group_column)
+    if cfg.data.groups_csv is not None and not Path(cfg.data.groups_csv).is_file():
+        raise UserError(f"--groups: file not found: {cfg.data.groups_csv}")
+
+    from cnnclinic.training.trainer import train
+
+    result = train(cfg, out, console=console, resume=resume is not None)
+    if result.best_epoch is not None:
+        console.print(f"best val accuracy {result.best_val_acc:.3f} at epoch {result.best_epoch}")
+    console.print(f"{len(result.findings)} findings; run written to [bold]{result.run_dir}[/]")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cnnclinic train`.")],
+    data: Annotated[Path | None, typer.Option(help="Image folder (one sub-folder per class) to evaluate on.")] = None,
+) -> None:
+    """Accuracy, per-class precision/recall/F1/AUC and the confusion matrix of a run's best weights."""
+    if data is None:
+        raise UserError("evaluate needs --data (an image folder with one sub-folder per class)")
+    from rich.table import Table
+
+    from cnnclinic.training.trainer import evaluate_folder
+
+    evaluation = evaluate_folder(run_dir, data, console=console)
+    metrics, names = evaluation.metrics, evaluation.class_names
+    if evaluation.skipped:
+        console.print(f"[yellow]{len(evaluation.skipped)} unreadable files skipped[/]")
+    per_class = Table(title=f"accuracy {metrics.accuracy:.3f}   macro AUC "
+                      + (f"{metrics.macro_auc:.3f}" if metrics.macro_auc is not None else "n/a"), title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "AUC", "images"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, m in metrics.per_class.items():
+        auc = f"{m.auc:.3f}" if m.auc is not None else "n/a"
+        per_class.add_row(name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", auc, str(m.support))
+    console.print(per_class)
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for name in names:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(names, metrics.confusion):
+        confusion.add_row(name, *(str(n) for n in row))
+    console.print(confusion)
+
+
+@app.command("predict")
+def predict_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cnnclinic train`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+) -> None:
+    """The top-k classes, with probabilities, of each image."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    from cnnclinic.training.trainer import load_images, load_trained_model, predict_probs
+
+    trained = load_trained_model(run_dir)
+    dataset, unreadable = load_images(images, trained.cfg.data.image_size)
+    if len(dataset):
+        probs = predict_probs(trained.model, dataset)
+        k = min(top_k, len(trained.class_names))
+        for path, row in zip(dataset.paths, probs):
+            best = row.argsort()[::-1][:k]
+            ranked = ", ".join(f"{trained.class_names[i]} {row[i]:.3f}" for i in best)
+            console.print(f"{path}: {ranked}", highlight=False)
+    if unreadable:
+        raise UserError("cannot read " + "; ".join(f"{s.path} ({s.reason})" for s in unreadable))
+
+
 # --- make-fish ------------------------------------------------------------------------------------
 
 

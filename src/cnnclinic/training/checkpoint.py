@@ -13,7 +13,7 @@ import json
 import os
 import pickle
 import random
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # os.open with 0o666 lets the umask decide the permissions, as for any file the user writes.
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -46,7 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_name.unlink(missing_ok=True)
         raise
     # Persist the rename itself.
     dir_fd = os.open(path.parent, os.O_RDONLY)
