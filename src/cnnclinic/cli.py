@@ -133,6 +133,76 @@ def predict_command(
         raise UserError("cannot read " + "; ".join(f"{s.path} ({s.reason})" for s in unreadable))
 
 
+@app.command("lr-find")
+def lr_find_command(
+    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
+    out: Annotated[Path, typer.Option(help="Where to save the loss-vs-learning-rate plot.")] = Path("lr_find.png"),
+    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(help="Mini-batches to try, the LR growing exponentially from 1e-7 to 10.")] = 100,
+) -> None:
+    """Smith's learning-rate range test: suggests train.lr for this data, model and optimizer."""
+    cfg = _config_from_options(config, set_, data)
+    from cnnclinic.training.trainer import find_lr
+
+    result = find_lr(cfg, out, console=console, num_steps=steps)
+    console.print(f"suggested learning rate [bold]{result.suggested_lr:.2g}[/] ({result.reason})", highlight=False)
+    console.print(f"plot saved to {out}; train with:  --set train.lr={result.suggested_lr:.2g}", highlight=False)
+
+
+# --- inspect (the data doctor) --------------------------------------------------------------------
+
+
+@app.command("inspect")
+def inspect_command(
+    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
+    groups: Annotated[Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")] = None,
+    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    run: Annotated[Path | None, typer.Option(help="A run directory: check labels against its out-of-sample (validation) predictions.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write inspection.json into.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file (its data section is used).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable), e.g. data.image_size=64.")] = None,
+) -> None:
+    """The data doctor: leakage between splits, suspicious labels, imbalance, small classes, image quality."""
+    if data is None and config is None:
+        raise UserError("inspect needs --data (a folder, synthetic-fish or digits) or --config")
+    cfg = _config_from_options(config, set_, data, None, groups, group_column)
+    from cnnclinic.data import load_data
+    from cnnclinic.datadoctor import inspect_data
+    from cnnclinic.datadoctor.render import print_inspection
+
+    report = inspect_data(load_data(cfg.data, console=console), model_run=run)
+    print_inspection(report, console)
+    if out is not None:
+        console.print(f"inspection written to [bold]{report.write(out)}[/]")
+
+
+# --- report, compare ------------------------------------------------------------------------------
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cnnclinic train`.")],
+) -> None:
+    """Write RUN_DIR/report.html: the verdict, its evidence and the training curves on one page."""
+    from cnnclinic.report import write_report
+
+    path = write_report(run_dir, console=console)
+    console.print(f"report written to [bold]{path}[/]")
+
+
+@app.command("compare")
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("compare.html"),
+) -> None:
+    """Compare runs side by side: key numbers, findings, overlaid curves, model size vs accuracy."""
+    from cnnclinic.report import write_comparison
+
+    path = write_comparison(run_dirs, out, console=console)
+    console.print(f"comparison written to [bold]{path}[/]")
+
+
 # --- make-fish ------------------------------------------------------------------------------------
 
 

@@ -102,6 +102,11 @@ class DataLeakage(DataCheck):
                 step=0,
                 evidence={
                     "val_share_with_train_twin": shares.get("val", {}).get("share"),
+                    "example_pairs": [
+                        f"{pair['held_out']} ~ {pair['train']} ({pair['distance']:.3f})"
+                        for s in leaking.values()
+                        for pair in s["examples"][:2]
+                    ],
                     "near_twin_distance": thresholds.near_twin_distance,
                     "grouped_split": view.grouped,
                     "splits": shares,
