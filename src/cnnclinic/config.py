@@ -138,6 +138,8 @@ class DoctorConfig(_Section):
 class RepairConfig(_Section):
     enabled: bool = False
     max_attempts: int = Field(4, ge=1, le=20)
+    # All attempts together (the original run included) train at most this many times train.epochs epochs.
+    epoch_budget: float = Field(1.5, ge=1.0, le=20.0)
 
 
 class Config(_Section):
