@@ -1,9 +1,8 @@
-"""Validation images for the report: reload them by path, rebuild the best model, explain it with Grad-CAM."""
+"""Validation images for the report: reload them by path and show where the model looks (Grad-CAM)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -11,11 +10,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from cnnclinic.config import build_config
 from cnnclinic.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from cnnclinic.data.folder import decode_image
-from cnnclinic.models import build_model
-from cnnclinic.training.checkpoint import load_weights
 
 
 def resolve_image_path(path: str, data_source: str | None) -> Path | None:
@@ -26,7 +22,7 @@ def resolve_image_path(path: str, data_source: str | None) -> Path | None:
     return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
-def load_images(paths: list[str], data_source: str | None, image_size: int) -> list[torch.Tensor | None]:
+def load_val_images(paths: list[str], data_source: str | None, image_size: int) -> list[torch.Tensor | None]:
     """Each image as uint8 3 x S x S, decoded exactly as for training; None where it is missing or unreadable."""
     images: list[torch.Tensor | None] = []
     for path in paths:
@@ -34,19 +30,6 @@ def load_images(paths: list[str], data_source: str | None, image_size: int) -> l
         decoded = decode_image(resolved, image_size) if resolved is not None else None
         images.append(decoded if isinstance(decoded, torch.Tensor) else None)
     return images
-
-
-def load_best_model(config: dict[str, Any], num_classes: int, weights: Path) -> nn.Module:
-    """The run's model rebuilt from its config.yaml with its best weights, in eval mode."""
-    cfg = build_config(config)
-    model = build_model(cfg.model, num_classes, cfg.data.image_size)
-    state, _ = load_weights(weights)
-    model.load_state_dict(state)
-    for module in model.modules():
-        # Grad-CAM hooks read a layer's output after the forward pass; in-place activations would overwrite it.
-        if getattr(module, "inplace", False):
-            module.inplace = False
-    return model.eval()
 
 
 def last_conv_layer(model: nn.Module) -> nn.Conv2d | None:
@@ -67,6 +50,10 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, target_class: int) -> n
     layer = last_conv_layer(model)
     if layer is None:
         return None
+    for module in model.modules():
+        # Grad-CAM reads the layer's output after the forward pass; an in-place activation would overwrite it.
+        if getattr(module, "inplace", False):
+            module.inplace = False
     inputs = to_model_input(images)
     attributions = LayerGradCam(model, layer).attribute(inputs, target=target_class, relu_attributions=True)
     upsampled = LayerAttribution.interpolate(attributions, tuple(images.shape[-2:]), interpolate_mode="bilinear")

@@ -41,10 +41,6 @@ class RunFiles:
     def class_names(self) -> list[str]:
         return list(self.data_summary.get("class_names") or [])
 
-    @property
-    def best_weights(self) -> Path:
-        return self.run_dir / "checkpoints" / "best.safetensors"
-
 
 def _read_json(path: Path) -> Any:
     try:

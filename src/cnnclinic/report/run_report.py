@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnclinic.errors import UserError
 from cnnclinic.report import figures
-from cnnclinic.report.explain import gradcam_maps, load_best_model, load_images, to_display
+from cnnclinic.report.explain import gradcam_maps, load_val_images, to_display
 from cnnclinic.report.html import format_value, percent, render, write_page
 from cnnclinic.report.plot_data import (
     class_to_explain,
@@ -31,6 +31,7 @@ from cnnclinic.report.plot_data import (
 from cnnclinic.report.run_files import RunFiles, load_run
 from cnnclinic.report.summary import summarize_run, validation_metrics
 from cnnclinic.training.metrics import ClassificationMetrics
+from cnnclinic.training.trainer import load_trained_model
 
 SEVERITY_ORDER = ("critical", "warning", "info")
 IMAGES_SHOWN = 8
@@ -170,7 +171,7 @@ def _images_section(run: RunFiles, model: nn.Module | None, model_note: str, exp
     )
 
     worst = highest_loss_items(predictions.probs, predictions.targets, k=IMAGES_SHOWN)
-    loaded = load_images([predictions.paths[item.index] for item in worst], source, image_size)
+    loaded = load_val_images([predictions.paths[item.index] for item in worst], source, image_size)
     shown = [(item, image) for item, image in zip(worst, loaded) if image is not None]
     if shown:
         section["highest_loss"] = figures.image_grid_figure(
@@ -195,7 +196,7 @@ def _images_section(run: RunFiles, model: nn.Module | None, model_note: str, exp
     of_class = np.flatnonzero(predictions.targets == k)
     class_items = highest_loss_items(predictions.probs[of_class], predictions.targets[of_class], k=IMAGES_SHOWN)
     indices = [int(of_class[item.index]) for item in class_items]
-    loaded = load_images([predictions.paths[i] for i in indices], source, image_size)
+    loaded = load_val_images([predictions.paths[i] for i in indices], source, image_size)
     kept = [(i, image) for i, image in zip(indices, loaded) if image is not None]
     if not kept:
         section["gradcam_note"] = missing_note
@@ -238,15 +239,11 @@ def _data_section(run: RunFiles) -> dict[str, Any]:
 
 def _load_model(run: RunFiles) -> tuple[nn.Module | None, str]:
     """The best model, or None and the reason it cannot be rebuilt (shown instead of Grad-CAM)."""
-    if not run.best_weights.is_file():
-        return None, "Grad-CAM needs the best weights, and checkpoints/best.safetensors is missing."
-    if len(run.class_names) < 2:
-        return None, "Grad-CAM needs the class names, and data_summary.json has none."
     try:
-        return load_best_model(run.config, len(run.class_names), run.best_weights), ""
-    except (UserError, RuntimeError) as error:
-        # A config or architecture that no longer matches the weights: the rest of the report still stands.
-        return None, f"The best model could not be rebuilt for Grad-CAM ({str(error).splitlines()[0]})."
+        return load_trained_model(run.run_dir).model, ""
+    except UserError as error:
+        # No best checkpoint yet, or weights that no longer fit the config: the rest of the report still stands.
+        return None, f"Grad-CAM needs the best model, which cannot be loaded: {error}."
 
 
 def _headline(run: RunFiles, model: nn.Module | None, metrics: ClassificationMetrics | None) -> list[tuple[str, str]]:

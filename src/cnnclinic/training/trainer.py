@@ -237,6 +237,11 @@ class Trainer:
                 self._run_epochs()
             finally:
                 self._close()
+        # Imported here: the report reads finished runs through this module (load_trained_model).
+        from cnnclinic.report import write_report
+
+        report = write_report(self.run_dir, console=self.console)
+        self.console.print(f"report: [bold]{report}[/]")
         return self._result()
 
     def _setup(self) -> None:
