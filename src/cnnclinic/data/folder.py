@@ -63,11 +63,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB: alpha is composited on white, 16-bit samples are scaled (not clipped)."""
     if image.mode in _WIDE_INT_MODES:
         samples = np.asarray(image).astype(np.float64)
-        image = Image.fromarray(np.clip(samples / 257.0, 0, 255).round().astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(samples / 257.0, 0, 255).round().astype(np.uint8))
     elif image.mode == "F":
         samples = np.asarray(image, dtype=np.float64)
         scale = 255.0 if samples.max(initial=0.0) <= 1.0 else 1.0
-        image = Image.fromarray(np.clip(samples * scale, 0, 255).round().astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(samples * scale, 0, 255).round().astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or "transparency" in image.info:

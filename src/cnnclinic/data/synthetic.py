@@ -79,7 +79,7 @@ def _jitter_colour(rng: np.random.Generator, colour: RGB, spread: float) -> np.n
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
     """Random values on a ``cells`` x ``cells`` grid, bicubically upsampled: smooth blobs in [0, 1]."""
-    grid = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8), mode="L")
+    grid = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
     return np.asarray(grid.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64) / 255.0
 
 
@@ -141,7 +141,7 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
     # Countershading: dark back, pale belly.
     rows = np.clip((np.arange(canvas) - (oy - b)) / (2 * b), 0, 1)[:, None, None]
     shading = body_colour * (0.6 + 0.55 * rows) + np.clip(rows - 0.7, 0, 1) * 120
-    body_rgb = Image.fromarray(np.clip(shading * np.ones((1, canvas, 1)), 0, 255).astype(np.uint8), mode="RGB")
+    body_rgb = Image.fromarray(np.clip(shading * np.ones((1, canvas, 1)), 0, 255).astype(np.uint8))
 
     pattern, draw = mask()
     if recipe.pattern == "bars":
@@ -177,7 +177,7 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
 def render_fish_photo(rng: np.random.Generator, recipe: Species, size: int, extra_blur: float = 0.0) -> Image.Image:
     """One photo of one fish of ``recipe``: water, pose, scale, lighting, blur and noise all drawn from ``rng``."""
     work = size * SUPERSAMPLE
-    scene = Image.fromarray(np.clip(_water(rng, work), 0, 255).astype(np.uint8), mode="RGB")
+    scene = Image.fromarray(np.clip(_water(rng, work), 0, 255).astype(np.uint8))
     fish = _draw_fish(rng, recipe, length=work * rng.uniform(0.45, 0.68))
     if rng.random() < 0.5:
         fish = ImageOps.mirror(fish)
@@ -192,14 +192,14 @@ def render_fish_photo(rng: np.random.Generator, recipe: Species, size: int, extr
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * np.linspace(-1, 1, work)[None, :] + np.sin(angle) * np.linspace(-1, 1, work)[:, None]
     light = rng.uniform(0.7, 1.25) * (1 + rng.uniform(0, 0.25) * ramp)[:, :, None] * (1 + rng.normal(0, 0.05, 3))
-    scene = Image.fromarray(np.clip(pixels * light, 0, 255).astype(np.uint8), mode="RGB")
+    scene = Image.fromarray(np.clip(pixels * light, 0, 255).astype(np.uint8))
 
     photo = scene.resize((size, size), Image.Resampling.LANCZOS)
     blur = rng.uniform(0.0, 0.6) + extra_blur
     if blur > 0.05:
         photo = photo.filter(ImageFilter.GaussianBlur(blur * size / 64))
     noisy = np.asarray(photo, dtype=np.float64) + rng.normal(0, rng.uniform(2, 7), (size, size, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
 
 
 def _validate(species: int, per_class: int, size: int, seed: int, class_counts: list[int] | None, hard_species: int | None, hard_blur: float) -> list[int]:
