@@ -250,6 +250,7 @@ class Trainer:
         self.bundle: DataBundle = load_data(cfg.data, console=self.console)
         self.class_names = list(self.bundle.class_names)
         self._print_data_summary()
+        self._inspect_data()
         self.loaders = make_loaders(self.bundle, cfg)
         num_classes = len(self.class_names)
         self.model = build_model(cfg.model, num_classes, cfg.data.image_size).to(self.device)
@@ -420,13 +421,29 @@ class Trainer:
     def _on_finding(self, finding: Finding) -> None:
         from cnnclinic.doctor import render_finding
 
+        if finding.key in {data_finding.key for data_finding in self.data_findings}:
+            return  # already reported by the data doctor before training
         self.console.print(render_finding(finding))
         for callback in self.callbacks:
             callback.on_finding(self, finding)
 
     def findings(self) -> list[Finding]:
         current = self.doctor.findings() if self.doctor is not None else []
-        return self._previous_findings + current
+        # Data findings come first; they replace any finding of the same key (the Doctor's class_imbalance
+        # from targets seen, or the data findings a resumed run read back from diagnosis.json).
+        data_keys = {finding.key for finding in self.data_findings}
+        return self.data_findings + [f for f in self._previous_findings + current if f.key not in data_keys]
+
+    def _inspect_data(self) -> None:
+        """The data doctor (leakage, imbalance, small classes, image quality, corrupt files) before step 1."""
+        from cnnclinic.datadoctor import inspect_data
+        from cnnclinic.doctor import render_finding
+
+        report = inspect_data(self.bundle)
+        self.data_findings: list[Finding] = report.findings
+        for finding in self.data_findings:
+            self.console.print(render_finding(finding))
+        self.console.print(f"data doctor: {len(report.findings)} finding(s) in {report.timings['total']:.1f} s")
 
     def _write_doctor_files(self) -> None:
         diagnosis = {"findings": [finding.to_dict() for finding in self.findings()]}
