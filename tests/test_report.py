@@ -308,14 +308,24 @@ def test_report_degrades_to_notes_without_images_weights_or_doctor(tmp_path):
 
 def test_report_shows_the_treatment_history(tmp_path):
     run_dir = make_run_dir(tmp_path)
+    trigger = {"symptom": "dying_relu", "subject": None, "severity": "warning", "epoch": 1, "step": 9}
     attempts = [
-        {"attempt": 1, "applied": ["model.activation=leaky_relu"], "best_val_acc": 0.41, "kept": False},
-        {"attempt": 2, "applied": ["model.batchnorm=true"], "best_val_acc": 0.83, "kept": True},
+        {"attempt": 1, "trigger": trigger, "change": ["model.activation=leaky_relu"], "advice": "Let units leak.",
+         "start": "fresh", "epochs": 4, "symptom_gone": True, "metric_before": 0.2, "metric_after": 0.41,
+         "cured": True, "kept": False, "stopped_by": "overfitting"},
+        {"attempt": 2, "trigger": trigger | {"symptom": "overfitting"}, "change": ["model.dropout=0.3"],
+         "advice": "", "start": "warm", "epochs": 2, "symptom_gone": True, "metric_before": 0.41,
+         "metric_after": 0.83, "cured": True, "kept": True, "stopped_by": None},
     ]
-    (run_dir / "treatment.json").write_text(json.dumps({"attempts": attempts}))
+    treatment = {"attempts": attempts, "kept_attempt": 2, "epochs_spent": 7.5, "epoch_budget": 12}
+    (run_dir / "treatment.json").write_text(json.dumps(treatment))
     html = write_report(run_dir).read_text()
-    assert "Treatment history" in html
-    assert "model.batchnorm=true" in html and "0.83" in html
+    assert "Treatment history" in html and "Attempt 2 was kept" in html
+    assert "<code>model.activation=leaky_relu</code>" in html and "Dying relu" in html
+    assert "41.0%" in html and "83.0%" in html and "7.5 of 12" in html
+    # Auto-repair that found nothing to treat adds no section.
+    (run_dir / "treatment.json").write_text(json.dumps(treatment | {"attempts": []}))
+    assert "Treatment history" not in write_report(run_dir).read_text()
 
 
 def test_load_run_rejects_what_is_not_a_run_and_survives_a_torn_last_line(tmp_path):

@@ -271,6 +271,10 @@ class _RepairLoop:
                     shutil.copy2(source, self.run_dir / name)
         treatment = self._write_treatment(kept, original)
         if self.attempts:
+            # RUN_DIR now holds the kept attempt and its treatment history; its report must show both.
+            from cnnclinic.report import write_report
+
+            write_report(self.run_dir, console=self.console)
             self._print_summary(kept)
         kept.result.run_dir = self.run_dir
         return RepairResult(self.run_dir, kept.result, treatment, list(self.attempts))

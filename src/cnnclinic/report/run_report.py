@@ -62,16 +62,34 @@ def _finding_views(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(views, key=lambda view: view["order"])
 
 
-def _treatment_table(treatment: Any) -> dict[str, Any] | None:
-    """Auto-repair attempts as a table: one row per attempt, one column per field the attempts carry."""
-    if treatment is None:
+def _treatment_view(treatment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """treatment.json (written by auto-repair) as table rows, one per attempt; None when nothing was tried."""
+    attempts = (treatment or {}).get("attempts") or []
+    if not attempts:
         return None
-    attempts = treatment.get("attempts", treatment) if isinstance(treatment, dict) else treatment
-    if isinstance(attempts, dict):
-        return {"columns": ["field", "value"], "rows": [[key, format_value(v)] for key, v in attempts.items()]}
-    attempts = [attempt for attempt in attempts if isinstance(attempt, dict)]
-    columns = list(dict.fromkeys(key for attempt in attempts for key in attempt))
-    return {"columns": columns, "rows": [[format_value(a.get(column)) for column in columns] for a in attempts]}
+    rows = []
+    for attempt in attempts:
+        trigger = attempt.get("trigger") or {}
+        rows.append(
+            {
+                "number": attempt.get("attempt"),
+                "treating": " — ".join(filter(None, [_title(str(trigger.get("symptom", "?"))), trigger.get("subject")])),
+                "change": attempt.get("change") or [],
+                "advice": attempt.get("advice") or "",
+                "start": attempt.get("start", "–"),
+                "epochs": attempt.get("epochs", "–"),
+                "before": percent(attempt.get("metric_before")),
+                "after": percent(attempt.get("metric_after")),
+                "symptom_gone": format_value(attempt.get("symptom_gone")),
+                "outcome": "kept" if attempt.get("kept") else ("cured" if attempt.get("cured") else "rolled back"),
+            }
+        )
+    return {
+        "rows": rows,
+        "kept_attempt": treatment.get("kept_attempt"),
+        "epochs_spent": format_value(treatment.get("epochs_spent")),
+        "epoch_budget": format_value(treatment.get("epoch_budget")),
+    }
 
 
 def _curves_section(run: RunFiles) -> dict[str, str | None]:
@@ -298,7 +316,7 @@ def write_report(run_dir: str | Path, *, console: Console | None = None, out: st
             if _doctor_disabled(run)
             else "The doctor watched the whole run and found nothing to treat."
         ),
-        treatment=_treatment_table(run.treatment),
+        treatment=_treatment_view(run.treatment),
         curves=curves,
         gradients=gradients,
         activations=activations,
