@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from cnnclinic.doctor.finding import Finding, Prescription
+from cnnclinic.doctor.history import TrainingHistory
+from cnnclinic.doctor.symptoms.base import Symptom, register
+
+
+@register
+class Overfitting(Symptom):
+    """Overfitting: the model memorises the training set; validation gets worse while training gets better.
+
+    **Theory.** A model with more capacity than the data supports keeps lowering the training loss by
+    fitting noise and individual images; from some epoch on the validation loss rises again and training
+    accuracy runs far ahead of validation accuracy.
+
+    **Evidence.** Per epoch: mean training loss and accuracy (from the logits and targets passed to
+    ``after_backward``) and the validation loss and accuracy. Reported when the validation loss has been
+    above its best (minimum) for at least ``patience`` epochs and is now at least ``min_val_loss_rise``
+    (relative) above it, the training loss is below its value at the best epoch, and - when training
+    accuracy is known - training accuracy exceeds validation accuracy by at least ``min_accuracy_gap``.
+
+    **Prescriptions.** Dropout (``model.dropout=0.5``); weight decay (``train.weight_decay=0.0005``);
+    stronger data augmentation; early stopping (``train.early_stopping_patience=3``), which keeps the best
+    epoch's weights.
+    """
+
+    id = "overfitting"
+
+    @dataclass
+    class Thresholds:
+        patience: int = field(default=3, metadata={"help": "epochs since the best validation loss"})
+        min_val_loss_rise: float = field(default=0.1, metadata={"help": "relative rise above the best val loss"})
+        min_accuracy_gap: float = field(default=0.1, metadata={"help": "train accuracy - val accuracy"})
+
+    def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
+        epochs = [e for e in history.epochs if e.val_loss is not None and math.isfinite(e.val_loss)]
+        if len(epochs) < t.patience + 1:
+            return None
+        best = min(epochs, key=lambda e: e.val_loss)  # type: ignore[arg-type,return-value]
+        last = epochs[-1]
+        since_best = last.epoch - best.epoch
+        rise = (last.val_loss - best.val_loss) / best.val_loss if best.val_loss else 0.0  # type: ignore[operator]
+        if since_best < t.patience or rise < t.min_val_loss_rise or last.train_loss >= best.train_loss:
+            return None
+        gap = None
+        if last.train_acc is not None and last.val_acc is not None:
+            gap = last.train_acc - last.val_acc
+            if gap < t.min_accuracy_gap:
+                return None
+        evidence = {
+            "best_epoch": best.epoch,
+            "epochs_since_best": since_best,
+            "best_val_loss": best.val_loss,
+            "val_loss": last.val_loss,
+            "val_loss_rise": rise,
+            "train_loss": last.train_loss,
+            "train_loss_at_best": best.train_loss,
+            "train_acc": last.train_acc,
+            "val_acc": last.val_acc,
+            "accuracy_gap": gap,
+        }
+        return history.finding(
+            self.id,
+            "warning",
+            evidence,
+            f"The validation loss has risen {rise:.0%} since epoch {best.epoch} while the training loss kept "
+            "falling: the model is memorising the training images instead of learning what generalises.",
+            [
+                Prescription(["model.dropout=0.5"], "Add dropout (p=0.5) before the classifier layers."),
+                Prescription(["train.weight_decay=0.0005"], "Add weight decay (L2 regularisation), 5e-4."),
+                Prescription(
+                    ["data.augment.policy=trivialaugment", "data.augment.hflip=true"],
+                    "Augment the training images (random flips, TrivialAugment).",
+                ),
+                Prescription(["train.early_stopping_patience=3"], "Stop early and keep the best epoch's weights."),
+            ],
+        )
