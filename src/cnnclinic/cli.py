@@ -52,8 +52,12 @@ def train_command(
     groups: Annotated[Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")] = None,
     group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")] = None,
+    auto_repair: Annotated[bool, typer.Option("--auto-repair", help="When the doctor names a pathology, apply its cures, verify them and keep what worked (writes treatment.json).")] = False,
+    max_attempts: Annotated[int | None, typer.Option(help="Most cures --auto-repair tries (repair.max_attempts, default 4).")] = None,
 ) -> None:
     """Train a classifier, watched by the doctor, and write a run directory."""
+    if resume is not None and (auto_repair or max_attempts is not None):
+        raise UserError("--auto-repair starts a new run; it cannot be combined with --resume")
     if resume is not None:
         if config is not None:
             raise UserError("--resume uses the run's own config.yaml; drop --config (use --set or --epochs to change it)")
@@ -68,9 +72,17 @@ def train_command(
     if cfg.data.groups_csv is not None and not Path(cfg.data.groups_csv).is_file():
         raise UserError(f"--groups: file not found: {cfg.data.groups_csv}")
 
-    from cnnclinic.training.trainer import train
+    repair = {"repair.enabled": True if auto_repair else None, "repair.max_attempts": max_attempts}
+    cfg = cfg.with_overrides({key: value for key, value in repair.items() if value is not None})
 
-    result = train(cfg, out, console=console, resume=resume is not None)
+    if cfg.repair.enabled and resume is None:
+        from cnnclinic.repair import auto_repair as repair_run
+
+        result = repair_run(cfg, out, console=console).run
+    else:
+        from cnnclinic.training.trainer import train
+
+        result = train(cfg, out, console=console, resume=resume is not None)
     if result.best_epoch is not None:
         console.print(f"best val accuracy {result.best_val_acc:.3f} at epoch {result.best_epoch}")
     console.print(f"{len(result.findings)} findings; run written to [bold]{result.run_dir}[/]")

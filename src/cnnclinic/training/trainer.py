@@ -45,6 +45,7 @@ from cnnclinic.training.checkpoint import (
     save_weights,
 )
 from cnnclinic.training.losses import build_loss
+from cnnclinic.training.lr_find import LRFinderResult, lr_range_test, plot_lr_finder
 from cnnclinic.training.metrics import ClassificationMetrics, classification_metrics
 from cnnclinic.training.optim import build_optimizer, build_scheduler
 
@@ -121,6 +122,32 @@ def load_trained_model(run_dir: str | Path, weights: str = "best") -> TrainedMod
     except RuntimeError:
         raise UserError(f"{weights_path} does not fit the model described in {config_path}") from None
     return TrainedModel(cfg, model.eval(), class_names)
+
+
+def build_training_parts(
+    cfg: Config, bundle: DataBundle, device: torch.device
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """Model (on ``device``), loss (weighted by the training class counts) and optimizer for ``cfg``."""
+    num_classes = len(bundle.class_names)
+    model = build_model(cfg.model, num_classes, cfg.data.image_size).to(device)
+    class_counts = torch.bincount(bundle.train.targets, minlength=num_classes).tolist()
+    criterion = build_loss(cfg.train, class_counts).to(device)
+    return model, criterion, build_optimizer(model, cfg.train)
+
+
+def find_lr(cfg: Config, plot_path: str | Path, *, console: Console | None = None, num_steps: int = 100) -> LRFinderResult:
+    """Smith's LR range test on the training data of ``cfg``; the loss-vs-LR plot is saved to ``plot_path``."""
+    plot_path = Path(plot_path)
+    if plot_path.suffix.lower() not in {".png", ".svg", ".pdf"}:
+        raise UserError(f"lr-find: --out must be a .png, .svg or .pdf file, got {plot_path}")
+    check_writable(plot_path.parent if str(plot_path.parent) else Path("."))
+    seed_everything(cfg.train.seed)
+    bundle = load_data(cfg.data, console=console)
+    model, criterion, optimizer = build_training_parts(cfg, bundle, resolve_device(cfg.train.device))
+    loaders = make_loaders(bundle, cfg)
+    result = lr_range_test(model, loaders.train, criterion, optimizer, num_steps=num_steps, console=console)
+    plot_lr_finder(result, plot_path)
+    return result
 
 
 def seed_everything(seed: int) -> None:
@@ -217,6 +244,7 @@ class Trainer:
         self.doctor: Doctor | None = None
         self._previous_findings: list[Finding] = []
         self._layer_records_written = 0
+        self._steps_file: io.TextIOWrapper | None = None
 
     # ----------------------------------------------------------------------------------------- run
     def fit(self, resume: bool = False) -> RunResult:
@@ -234,6 +262,8 @@ class Trainer:
                 elif self.init_weights is not None:
                     self._load_init_weights(self.init_weights)
                 self._write_run_description()
+                # Opened after a resume has trimmed steps.jsonl (which replaces the file).
+                self._steps_file = (self.run_dir / "steps.jsonl").open("a", encoding="utf-8")
                 self._run_epochs()
             finally:
                 self._close()
@@ -253,16 +283,13 @@ class Trainer:
         self._inspect_data()
         self.loaders = make_loaders(self.bundle, cfg)
         num_classes = len(self.class_names)
-        self.model = build_model(cfg.model, num_classes, cfg.data.image_size).to(self.device)
+        self.model, self.criterion, self.optimizer = build_training_parts(cfg, self.bundle, self.device)
         train_images = len(self.bundle.train)
         parameters = count_parameters(self.model)
         self.console.print(
             f"model [bold]{cfg.model.arch}[/]: {parameters:,} parameters, "
             f"{parameters / max(train_images, 1):,.0f} per training image ({train_images:,} images)"
         )
-        class_counts = [int((self.bundle.train.targets == k).sum()) for k in range(num_classes)]
-        self.criterion = build_loss(cfg.train, class_counts).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch=len(self.loaders.train))
         if cfg.doctor.enabled:
             from cnnclinic.doctor import Doctor
@@ -279,7 +306,6 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
         self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self._steps_file = (self.run_dir / "steps.jsonl").open("a", encoding="utf-8")
 
     def _run_epochs(self) -> None:
         total_epochs = self.cfg.train.epochs
@@ -562,7 +588,8 @@ class Trainer:
         if self.doctor is not None:
             self._write_doctor_files()
             self.doctor.close()
-        self._steps_file.close()
+        if self._steps_file is not None:
+            self._steps_file.close()
         self.tensorboard.close()
 
     def _result(self) -> RunResult:
