@@ -98,6 +98,7 @@ def test_bad_files_are_skipped_with_a_reason_and_loading_goes_on(tmp_path: Path,
     assert all(Path(path).is_file() for path in bundle.train.paths)
     lines = output.getvalue().strip().splitlines()
     assert len(lines) == 1 and "skipped 5" in lines[0]
+    assert load_data(_config(root)).skipped == bundle.skipped  # the reasons survive the disk cache
 
 
 @pytest.mark.parametrize(

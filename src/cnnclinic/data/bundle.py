@@ -193,5 +193,5 @@ def load_data(cfg: DataConfig, *, console: Console | None = None) -> DataBundle:
         "skipped": len(skipped),
     }
     if console is not None:
-        console.print(_summary_line(summary, skipped), highlight=False, soft_wrap=True)
+        console.print(_summary_line(summary, skipped), markup=False, highlight=False, soft_wrap=True)
     return DataBundle(train, val, test, list(source.class_names), skipped, summary)

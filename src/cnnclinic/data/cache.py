@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from cnnclinic.data.folder import FolderScan, SkippedFile, decode_image
 from cnnclinic.data.progress import progress_bar
@@ -95,7 +96,7 @@ def decode_folder(scan: FolderScan, image_size: int, *, console: Console | None 
             _write_atomically(payload, entry)
         except OSError as error:
             if console is not None:
-                console.print(f"[yellow]note:[/] could not write the image cache ({error}); decoding again next run")
+                console.print(f"[yellow]note:[/] could not write the image cache ({escape(str(error))}); decoding again next run")
     return DecodedFolder(
         images=payload["images"],
         files=[scan.files[i] for i in payload["kept"]],
