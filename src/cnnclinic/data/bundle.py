@@ -132,8 +132,8 @@ def _resolve_csv(csv: str, root: Path | None) -> Path:
 def _check_same_classes(train: list[str], val: list[str], root: Path, val_root: Path) -> None:
     only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
     if only_train or only_val:
-        parts = [f"only in {root}: {', '.join(only_train)}" if only_train else "", f"only in {val_root}: {', '.join(only_val)}" if only_val else ""]
-        raise UserError(f"data.val_dir has other classes than the data folder ({'; '.join(p for p in parts if p)})")
+        parts = [f"only in {folder}: {', '.join(names)}" for folder, names in ((root, only_train), (val_root, only_val)) if names]
+        raise UserError(f"data.val_dir has other classes than the data folder ({'; '.join(parts)})")
 
 
 def _summary_line(summary: dict, skipped: list[SkippedFile]) -> str:

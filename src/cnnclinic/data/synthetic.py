@@ -23,7 +23,7 @@ from cnnclinic.data.progress import progress_bar
 from cnnclinic.errors import UserError
 
 # Part of the synthetic-fish cache key: bump whenever the drawing changes.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 RGB = tuple[int, int, int]
 BRONZE, OLIVE, SILVER, BROWN = (160, 125, 70), (105, 118, 62), (168, 172, 178), (125, 92, 62)
@@ -105,14 +105,17 @@ def _dorsal_polygon(start: float, end: float, height: float, length: float, a: f
 
 
 def _tail_polygon(shape: str, tail: float, spread: float, peduncle: float, px: float, oy: float):
+    """The tail fin, symmetric about the body axis, from the peduncle at ``px`` backwards (to the left)."""
     if shape == "fork":
-        return [(px, oy - peduncle), (px - tail, oy - spread), (px - tail * 0.55, oy), (px - tail, oy + spread), (px, oy + peduncle)]
-    if shape == "square":
-        return [(px, oy - peduncle), (px - tail, oy - spread * 0.85), (px - tail, oy + spread * 0.85), (px, oy + peduncle)]
-    if shape == "round":
-        angles = np.linspace(np.pi * 0.7, np.pi * 1.3, 9)
-        return [(px, oy - peduncle)] + [(px + tail * np.cos(t), oy + spread * np.sin(t) * 1.1) for t in angles[::-1]] + [(px, oy + peduncle)]
-    return [(px, oy - peduncle), (px - tail * 0.6, oy - spread * 0.45), (px - tail * 1.15, oy), (px - tail * 0.6, oy + spread * 0.45), (px, oy + peduncle)]
+        upper = [(0.0, peduncle), (tail, spread), (tail * 0.55, 0.0)]
+    elif shape == "square":
+        upper = [(0.0, peduncle), (tail, spread * 0.85), (tail, 0.0)]
+    elif shape == "round":
+        upper = [(0.0, peduncle)] + [(-tail * np.cos(t), -spread * 1.1 * np.sin(t)) for t in np.linspace(1.3 * np.pi, np.pi, 5)]
+    else:  # pointed
+        upper = [(0.0, peduncle), (tail * 0.6, spread * 0.45), (tail * 1.15, 0.0)]
+    lower = [(back, -down) for back, down in reversed(upper) if down > 1e-9]
+    return [(px - back, oy - up) for back, up in upper + lower]
 
 
 def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Image.Image:
@@ -131,7 +134,8 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
     fins, draw = mask()
     peduncle, spread, tail = 0.07 * length, max(b * 1.05, 0.17 * length), 0.26 * length * rng.uniform(0.85, 1.15)
     draw.polygon(_tail_polygon(recipe.tail, tail, spread, peduncle, ox - a * 0.9, oy), fill=225)
-    draw.polygon([(ox - a * 0.95, oy - peduncle), (ox - a * 0.6, oy - b * 0.7), (ox - a * 0.6, oy + b * 0.7), (ox - a * 0.95, oy + peduncle)], fill=255)
+    narrow, wide = (ox - a * 0.95, peduncle), (ox - a * 0.6, b * 0.7)  # the tail's root, joining the body
+    draw.polygon([(narrow[0], oy - narrow[1]), (wide[0], oy - wide[1]), (wide[0], oy + wide[1]), (narrow[0], oy + narrow[1])], fill=255)
     draw.polygon(_dorsal_polygon(*recipe.dorsal, length, a, b, ox, oy), fill=225)
     anal = _dorsal_polygon(-0.28, -0.12, 0.07, length, a, b, ox, oy)
     draw.polygon([(x, 2 * oy - y) for x, y in anal], fill=225)
@@ -147,7 +151,8 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
     if recipe.pattern == "bars":
         for x in np.linspace(-0.3, 0.25, int(rng.integers(5, 8))) * length:
             w = 0.03 * length
-            draw.polygon([(ox + x - w, oy - b), (ox + x + w, oy - b), (ox + x + w * 0.4, oy + b), (ox + x - w * 0.4, oy + b)], fill=210)
+            bar = [(ox + x - w, oy - b), (ox + x + w, oy - b), (ox + x + w * 0.4, oy + b), (ox + x - w * 0.4, oy + b)]
+            draw.polygon(bar, fill=210)
     elif recipe.pattern == "spots":
         for _ in range(int(rng.integers(18, 34))):
             x, y = rng.uniform(-0.8, 0.7) * a, rng.uniform(-0.8, 0.5) * b
@@ -202,7 +207,9 @@ def render_fish_photo(rng: np.random.Generator, recipe: Species, size: int, extr
     return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
 
 
-def _validate(species: int, per_class: int, size: int, seed: int, class_counts: list[int] | None, hard_species: int | None, hard_blur: float) -> list[int]:
+def _validate(
+    species: int, per_class: int, size: int, seed: int, class_counts: list[int] | None, hard_species: int | None, hard_blur: float
+) -> list[int]:
     if not 2 <= species <= MAX_SPECIES:
         raise UserError(f"synthetic fish: species must be between 2 and {MAX_SPECIES}, got {species}")
     if not 16 <= size <= 512:
