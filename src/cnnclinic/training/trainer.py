@@ -93,9 +93,10 @@ def train(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     init_weights: str | Path | None = None,
+    report: bool = True,
 ) -> RunResult:
     """Train a model as ``cfg`` says and write the run directory; see :class:`Trainer`."""
-    trainer = Trainer(cfg, run_dir, console=console, callbacks=callbacks, init_weights=init_weights)
+    trainer = Trainer(cfg, run_dir, console=console, callbacks=callbacks, init_weights=init_weights, report=report)
     return trainer.fit(resume=resume)
 
 
@@ -226,12 +227,15 @@ class Trainer:
         console: Console | None = None,
         callbacks: Sequence[Callback] = (),
         init_weights: str | Path | None = None,
+        report: bool = True,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.console = console or Console()
         self.callbacks = list(callbacks)
         self.init_weights = Path(init_weights) if init_weights is not None else None
+        # Write report.html when the run ends (a few seconds of plotting).
+        self.report = report
         self.should_stop = False
         self.stop_reason: str | None = None
         self.epoch = 0
@@ -267,11 +271,12 @@ class Trainer:
                 self._run_epochs()
             finally:
                 self._close()
-        # Imported here: the report reads finished runs through this module (load_trained_model).
-        from cnnclinic.report import write_report
+        if self.report:
+            # Imported here: the report reads finished runs through this module (load_trained_model).
+            from cnnclinic.report import write_report
 
-        report = write_report(self.run_dir, console=self.console)
-        self.console.print(f"report: [bold]{report}[/]")
+            report = write_report(self.run_dir, console=self.console)
+            self.console.print(f"report: [bold]{report}[/]")
         return self._result()
 
     def _setup(self) -> None:
