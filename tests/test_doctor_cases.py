@@ -165,7 +165,7 @@ def subset(data: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch
 def healthy_setups() -> dict[str, Callable[[], Run]]:
     torch.manual_seed(0)
     return {
-        "cnn_adam": lambda: train(small_cnn(), adam(1e-3), 5, image=True),
+        "cnn_adam": lambda: train(small_cnn(), adam(3e-3), 4, image=True),
         "cnn_bn_sgd_momentum": lambda: train(small_cnn(batchnorm=True), sgd(0.05, momentum=0.9), 5, image=True),
         "residual_adamw": lambda: train(ResidualNet(), adam(3e-3, weight_decay=1e-4), 4, image=True),
         "mlp_sgd": lambda: train(mlp([64, 64], nn.ReLU), sgd(0.1), 6),
@@ -176,3 +176,149 @@ def healthy_setups() -> dict[str, Callable[[], Run]]:
         "elu_mlp_sgd_momentum": lambda: train(mlp([64, 64, 64], nn.ELU), sgd(0.02, momentum=0.9), 6),
         "sigmoid_mlp_shallow_adam": lambda: train(mlp([64], nn.Sigmoid), adam(3e-3), 6),
     }
+
+
+def imbalanced_digits() -> dict[str, torch.Tensor]:
+    """Class 0 cut to 10 training images (the others keep ~145)."""
+    data = digits()
+    keep = torch.ones(len(data["y_train"]), dtype=torch.bool)
+    keep[(data["y_train"] == 0).nonzero().flatten()[10:]] = False
+    return subset(data, keep)
+
+
+def digits_with_lagging_three() -> dict[str, torch.Tensor]:
+    """Class 3's images replaced by images of 8 (70%) or of random classes (30%), in train and val:
+    3 can no longer be told apart, and 8 is its main confusion partner."""
+    data = digits()
+    generator = torch.Generator().manual_seed(1)
+    for split in ("train", "val"):
+        x, y = data[f"x_{split}"].clone(), data[f"y_{split}"]
+        threes, eights = (y == 3).nonzero().flatten(), (y == 8).nonzero().flatten()
+        from_eight = eights[torch.randint(len(eights), (len(threes),), generator=generator)]
+        from_any = torch.randint(len(y), (len(threes),), generator=generator)
+        x[threes] = x[torch.where(torch.rand(len(threes), generator=generator) < 0.7, from_eight, from_any)]
+        data[f"x_{split}"] = x
+    return data
+
+
+def faulty_setups() -> dict[str, tuple[str, Callable[[], Run]]]:
+    """name -> (the symptom it must yield, set-up)."""
+    return {
+        "deep_sigmoid_stack": ("vanishing_gradient", lambda: train(mlp([32] * 8, nn.Sigmoid), sgd(0.1), 2)),
+        "adam_lr_1e-6": ("loss_stagnation", lambda: train(mlp([64, 64], nn.ReLU), adam(1e-6), 3)),
+        "negative_bias_relu": (
+            "dying_relu",
+            lambda: train(init_(mlp([64, 64, 64], nn.ReLU), bias=-3.0), sgd(0.05), 2),
+        ),
+        "tanh_large_init": ("saturated_activation", lambda: train(init_(mlp([64, 64], nn.Tanh), std=1.0), sgd(0.05), 2)),
+        "sgd_lr_50": ("exploding_gradient", lambda: train(mlp([64, 64], nn.ReLU), sgd(50.0), 2)),
+        "adam_lr_0.05": ("oscillating_loss", lambda: train(mlp([64, 64], nn.ReLU), adam(0.05), 3)),
+        "big_mlp_80_images": (
+            "overfitting",
+            lambda: train(mlp([512, 512], nn.ReLU), adam(3e-3), 12, data=subset(digits(), torch.arange(80))),
+        ),
+        "class_3_looks_like_8": (
+            "lagging_class",
+            lambda: train(mlp([64, 64], nn.ReLU), adam(1e-3), 4, data=digits_with_lagging_three()),
+        ),
+        "ten_zeros": ("class_imbalance", lambda: train(mlp([64, 64], nn.ReLU), adam(1e-3), 1, data=imbalanced_digits())),
+    }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: more threads only add contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(healthy_setups()))
+def test_healthy_run_has_no_findings(name: str) -> None:
+    run = healthy_setups()[name]()
+    assert run.val_acc > 0.85, "the healthy set-up must really train well"
+    assert run.doctor.findings() == [], [f.to_dict() for f in run.doctor.findings()]
+
+
+@pytest.mark.parametrize("name", list(faulty_setups()))
+def test_faulty_run_yields_its_symptom(name: str) -> None:
+    symptom, setup = faulty_setups()[name]
+    run = setup()
+    assert symptom in run.symptoms, [f.to_dict() for f in run.doctor.findings()]
+    finding = run.get(symptom)
+    assert finding.explanation and finding.prescriptions and finding.evidence
+
+
+def test_root_cause_not_echo_dead_relus() -> None:
+    run = faulty_setups()["negative_bias_relu"][1]()
+    assert run.symptoms == ["dying_relu"]
+    assert run.get("dying_relu").evidence["dead_unit_fraction"] >= 0.9
+
+
+def test_root_cause_not_echo_vanishing_in_sigmoid_stack() -> None:
+    run = train(mlp([32] * 8, nn.Sigmoid), sgd(0.1), 3)  # long enough for the loss to count as flat
+    assert run.symptoms == ["vanishing_gradient"]
+    finding = run.get("vanishing_gradient")
+    assert finding.evidence["gradient_spread"] < 1e-3
+    assert finding.evidence["also_seen"]["loss_stagnation"]["recent_loss"] > 2.0
+    assert finding.prescriptions[0].config == ["model.activation=relu", "model.init=he"]
+
+
+def test_stagnation_cause_and_lr_prescription() -> None:
+    run = faulty_setups()["adam_lr_1e-6"][1]()
+    finding = run.get("loss_stagnation")
+    assert finding.evidence["cause"] == "learning_rate_too_small"
+    assert finding.evidence["update_ratio"] < 1e-4
+    new_lr = float(finding.prescriptions[0].config[0].split("=")[1])
+    assert new_lr >= 1e-5  # raised by the factor the update ratio asks for (at least 10x)
+
+
+def test_stagnation_from_collapsed_signal_is_bad_initialization() -> None:
+    model = mlp([64, 64, 64, 64], nn.ReLU)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=1e-3)
+            nn.init.zeros_(module.bias)
+    run = train(model, adam(1e-5), 3)
+    # The tiny weights make the gradients vanish (the root cause); the flat loss is folded into it.
+    assert run.symptoms == ["vanishing_gradient"]
+    stagnation = run.get("vanishing_gradient").evidence["also_seen"]["loss_stagnation"]
+    assert stagnation["cause"] == "bad_initialization" and stagnation["logit_spread"] < 1e-3
+
+
+def test_nan_is_immediate_critical_and_stops() -> None:
+    data = digits()
+    data["x_train"] = data["x_train"].clone()
+    data["x_train"][5] = float("nan")  # poisons the first batch that holds it
+    run = train(mlp([64, 64], nn.ReLU), adam(1e-3), 2, data=data)
+    finding = run.get("exploding_gradient")
+    assert finding.severity == "critical" and run.doctor.should_stop
+    assert finding.step == run.doctor.history.step - 1  # reported at the very step it happened
+
+
+def test_gradient_and_activation_symptoms_named_in_first_epoch() -> None:
+    for name in ("deep_sigmoid_stack", "negative_bias_relu", "tanh_large_init"):
+        symptom, setup = faulty_setups()[name]
+        assert setup().get(symptom).epoch == 1, name
+
+
+def test_lagging_class_names_class_and_partner() -> None:
+    run = faulty_setups()["class_3_looks_like_8"][1]()
+    lagging = {f.subject: f for f in run.doctor.findings() if f.symptom == "lagging_class"}
+    assert "3" in lagging
+    evidence = lagging["3"].evidence
+    assert evidence["confused_with"][0] == "8"
+    assert evidence["auc"] < evidence["others_median_auc"] - 0.05
+    assert lagging["3"].prescriptions[0].config == ['data.augment.strong_classes=["3"]']
+
+
+def test_imbalance_names_rare_class() -> None:
+    finding = faulty_setups()["ten_zeros"][1]().get("class_imbalance")
+    assert finding.evidence["rarest_class"] == "0" and finding.evidence["ratio"] >= 10
+
+
+def test_overfitting_evidence() -> None:
+    finding = faulty_setups()["big_mlp_80_images"][1]().get("overfitting")
+    assert finding.evidence["accuracy_gap"] >= 0.1
+    assert finding.evidence["val_loss"] > finding.evidence["best_val_loss"]

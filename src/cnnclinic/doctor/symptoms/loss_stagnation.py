@@ -15,11 +15,12 @@ class LossStagnation(Symptom):
 
     **Theory.** A loss that does not move has a cause; the evidence names it (``evidence.cause``):
 
+    - ``bad_initialization`` (checked first: it makes every other number meaningless): the logits are
+      collapsed (every input gets the same output) or the initial weight scale is far from He/Xavier, so
+      the signal dies in the forward pass;
     - ``learning_rate_too_small``: the measured update-to-weight ratio ‖Δw‖/‖w‖ per step is far below the
       healthy ~1e-3, so the weights hardly change;
     - ``learning_rate_too_large``: the ratio is far above it, the optimizer jumps across the valley;
-    - ``bad_initialization``: the logits are collapsed (every input gets the same output) or the initial
-      weight scale is far from He/Xavier, so the signal dies in the forward pass;
     - ``model_too_complex``: gradients and learning rate look healthy, but the model has a huge number of
       parameters per training sample;
     - ``plateau``: none of the above; the optimizer is stuck on a plateau.
@@ -97,6 +98,15 @@ class LossStagnation(Symptom):
         evidence.update(
             update_ratio=update_ratio, logit_spread=logit_spread, init_scale=init_scale, params_per_sample=per_sample
         )
+        if logit_spread < t.collapsed_logit_spread or not (
+            1 / t.init_scale_factor <= init_scale <= t.init_scale_factor or math.isnan(init_scale)
+        ):
+            squashing = bool(history.kinds_present() & set(SQUASHING_KINDS))
+            init = "xavier" if squashing else "he"
+            return "bad_initialization", [
+                Prescription([f"model.init={init}"], f"Initialise with {init.title()} initialisation."),
+                batchnorm(),
+            ]
         if update_ratio < t.small_update_ratio:
             factor = min(1000.0, 10.0 ** math.ceil(math.log10(1e-3 / max(update_ratio, 1e-12))))
             return "learning_rate_too_small", [
@@ -107,15 +117,6 @@ class LossStagnation(Symptom):
             return "learning_rate_too_large", [
                 Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10."),
                 Prescription(["train.grad_clip=1.0"], "Clip the gradient norm to 1."),
-            ]
-        if logit_spread < t.collapsed_logit_spread or not (
-            1 / t.init_scale_factor <= init_scale <= t.init_scale_factor or math.isnan(init_scale)
-        ):
-            squashing = bool(history.kinds_present() & set(SQUASHING_KINDS))
-            init = "xavier" if squashing else "he"
-            return "bad_initialization", [
-                Prescription([f"model.init={init}"], f"Initialise with {init.title()} initialisation."),
-                batchnorm(),
             ]
         if per_sample > t.params_per_sample:
             return "model_too_complex", [
