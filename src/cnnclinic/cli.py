@@ -140,7 +140,7 @@ def predict_command(
         for path, row in zip(dataset.paths, probs):
             best = row.argsort()[::-1][:k]
             ranked = ", ".join(f"{trained.class_names[i]} {row[i]:.3f}" for i in best)
-            console.print(f"{path}: {ranked}", highlight=False)
+            console.print(f"{path}: {ranked}", highlight=False, soft_wrap=True)
     if unreadable:
         raise UserError("cannot read " + "; ".join(f"{s.path} ({s.reason})" for s in unreadable))
 
