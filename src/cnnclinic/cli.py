@@ -258,6 +258,31 @@ def make_fish_command(
     console.print(", ".join(f"{name} {n}" for name, n in written.items()), highlight=False)
 
 
+# --- demo (the five case studies) -----------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for results.json and every run directory.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and fewer epochs (about 2 minutes).")] = False,
+    data: Annotated[Path | None, typer.Option(help="Your image folder (one sub-folder per class) instead of synthetic fish.")] = None,
+    groups: Annotated[Path | None, typer.Option(help="CSV giving each image of --data a group (e.g. its video).")] = None,
+    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+) -> None:
+    """The five case studies: each pathology reproduced (sick run), named by the doctor and cured (treated run)."""
+    if data is None and (groups is not None or group_column is not None):
+        raise UserError("--groups and --group-column describe your own photos; give --data too")
+    if data is not None and not data.is_dir():
+        raise UserError(f"--data: not a folder: {data}")
+    if groups is not None and not groups.is_file():
+        raise UserError(f"--groups: file not found: {groups}")
+    if (groups is None) != (group_column is None):
+        raise UserError("--groups and --group-column go together (the CSV and the column that holds the group)")
+    from cnnclinic.demo import DemoData, run_demo
+
+    run_demo(out, quick=quick, data=DemoData(data, groups, group_column), console=console)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,128 @@
+"""The five case studies of the analysis as declarative scenarios: how to make each pathology happen and
+how the analysis (and the Doctor) cures it.
+
+A scenario is data, not code: config overrides for the *sick* run, the *cure* overrides applied on top of
+them for the treated run, the symptom the Doctor should name and the validation metric the case is about.
+Auto-repair reuses these as faulty cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# The validation metric a case is judged on: overall accuracy, or the one-vs-rest ROC AUC of the class
+# that lags (the "hard species").
+Metric = Literal["val_acc", "hard_class_auc"]
+
+# Stands for the lagging class's name (JSON-quoted) in a cure override.
+HARD_CLASS = "{hard_class}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # stable id, also the folder of its runs (DIR/<name>/sick, DIR/<name>/treated)
+    title: str
+    analysis: str  # what the analysis reported
+    expected_symptom: str  # the Doctor's symptom id the sick run must raise
+    how: str  # how the sick run produces the pathology
+    sick: tuple[str, ...]  # config overrides that produce it
+    # The cure, applied on top of ``sick``. Where the Doctor prescribes a value for the same key in the
+    # sick run, its value is used instead, so the demo shows the Doctor's own advice working.
+    cure: tuple[str, ...]
+    metric: Metric
+    # data.synthetic.* overrides, used only when the demo draws its own fish.
+    synthetic: tuple[str, ...] = ()
+    # Overrides for ``--quick`` (smaller data, fewer epochs), applied after ``sick``.
+    quick: tuple[str, ...] = ()
+
+
+# Every run of the demo: small colour images, a small CNN, fixed seeds.
+BASE = (
+    "data.image_size=32",
+    "data.synthetic.size=32",
+    "data.synthetic.species=5",
+    "data.synthetic.per_class=100",
+    "data.synthetic.seed=0",
+    "data.split_seed=0",
+    "model.width=16",
+    "train.batch_size=32",
+    "train.seed=0",
+)
+QUICK_BASE = ("data.synthetic.per_class=48",)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="vanishing_gradient",
+        title="1. Vanishing gradients",
+        analysis="a CNN with several conv layers reached 98% train / 62% val, blamed on vanishing gradients",
+        expected_symptom="vanishing_gradient",
+        how="8 conv layers with sigmoid activations and no BatchNorm: the gradient shrinks at every layer",
+        sick=("model.depth=8", "model.activation=sigmoid", "train.epochs=6"),
+        cure=("model.activation=relu", "model.init=he"),
+        metric="val_acc",
+        quick=("train.epochs=4",),
+    ),
+    Scenario(
+        name="loss_stagnation",
+        title="2. Flat loss",
+        analysis="the loss stayed flat for hundreds of epochs (LR too small, bad init or too complex a model); "
+        "cured with cyclic learning rates",
+        expected_symptom="loss_stagnation",
+        how="a learning rate of 1e-6: every step moves the weights by a millionth",
+        sick=("train.lr=1e-6", "train.epochs=6"),
+        cure=("train.lr=1e-3", "train.schedule=cyclic"),
+        metric="val_acc",
+        quick=("train.epochs=4",),
+    ),
+    Scenario(
+        name="dying_relu",
+        title="3. Dying ReLU",
+        analysis="ReLU units died and stopped learning",
+        expected_symptom="dying_relu",
+        how="a learning rate of 0.05: the first large updates push most ReLU units below zero for good",
+        sick=("train.lr=0.05", "train.epochs=6"),
+        cure=("model.activation=leaky_relu", "train.lr=0.005"),
+        metric="val_acc",
+        quick=("train.epochs=4",),
+    ),
+    Scenario(
+        name="lagging_class",
+        title="4. One lagging species",
+        analysis="one species at AUC-ROC 0.55 while the others exceed 0.85, despite a class-weighted loss; "
+        "focal loss, attention / EfficientNet and augmentation proposed",
+        expected_symptom="lagging_class",
+        how="species_x is a twin of bream that differs only by fin colour; trained with class-weighted loss",
+        sick=("train.loss=weighted_cross_entropy", "train.epochs=8"),
+        cure=(
+            "train.loss=focal",
+            "train.focal_alpha=balanced",
+            f"data.augment.strong_classes=[{HARD_CLASS}]",
+            "model.attention=se",
+        ),
+        metric="hard_class_auc",
+        synthetic=("data.synthetic.hard_species=1",),
+        quick=("train.epochs=6",),
+    ),
+    Scenario(
+        name="overfitting",
+        title="5. Overfitting",
+        analysis="a more complex CNN dropped val accuracy from 85% to 65% (train 98%); simpler architecture, "
+        "dropout and L2 proposed",
+        expected_symptom="overfitting",
+        how="a wide CNN with a 512-unit head trained on 20 photos per species for many epochs",
+        sick=(
+            "data.max_per_class=40",
+            "data.val_fraction=0.5",
+            "model.width=32",
+            "model.head=[512]",
+            "train.batch_size=16",
+            "train.epochs=20",
+        ),
+        cure=("model.dropout=0.5", "train.weight_decay=0.0005", "model.width=16", "model.head=[64]"),
+        metric="val_acc",
+        quick=("train.epochs=12",),
+    ),
+)
+

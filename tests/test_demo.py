@@ -1,0 +1,103 @@
+"""The five case studies: `cnnclinic demo --quick` reproduces and cures every pathology; cures follow the Doctor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnclinic.cli import app
+from cnnclinic.demo import SCENARIOS
+from cnnclinic.demo.runner import DemoData, RunSummary, resolve_cure, scenario_config
+from cnnclinic.demo.scenarios import Scenario
+from cnnclinic.doctor import Finding, Prescription
+
+RUN_KEYS = {"findings", "train_acc", "val_acc", "class_auc"}
+
+
+def _summary(findings: list[Finding], class_auc: dict[str, float] | None = None) -> RunSummary:
+    return RunSummary(Path("run"), findings, 0.9, 0.8, class_auc or {}, 1.0)
+
+
+def _finding(symptom: str, prescriptions: list[list[str]], subject: str | None = None) -> Finding:
+    return Finding(symptom, "warning", 1, 0, {}, "seen", [Prescription(p, "advice") for p in prescriptions], subject)
+
+
+def test_cure_takes_the_doctors_values_and_keeps_the_rest() -> None:
+    scenario = Scenario(
+        name="flat", title="flat", analysis="", expected_symptom="loss_stagnation", how="",
+        sick=("train.lr=1e-6",), cure=("train.lr=1e-3", "train.schedule=cyclic", "model.batchnorm=true"),
+        metric="val_acc",
+    )
+    sick = _summary([
+        _finding("loss_stagnation", [["train.lr=0.0001"], ["train.schedule=cyclic"]]),
+        _finding("overfitting", [["model.batchnorm=false"]]),  # another symptom's advice is not taken
+    ])
+    cure, from_doctor = resolve_cure(scenario, sick, hard_class=None)
+    assert cure == ["train.lr=0.0001", "train.schedule=cyclic", "model.batchnorm=true"]
+    assert from_doctor == ["train.lr=0.0001", "train.schedule=cyclic"]
+
+
+def test_lagging_class_cure_targets_the_class_the_doctor_named() -> None:
+    scenario = next(s for s in SCENARIOS if s.expected_symptom == "lagging_class")
+    named = _finding("lagging_class", [['data.augment.strong_classes=["sea bass"]']], subject="sea bass")
+    cure, from_doctor = resolve_cure(scenario, _summary([named]), hard_class="sea bass")
+    assert 'data.augment.strong_classes=["sea bass"]' in cure
+    # Without the finding, the placeholder is filled with the given class (the sick run's worst AUC).
+    cure, _ = resolve_cure(scenario, _summary([]), hard_class="pike")
+    assert 'data.augment.strong_classes=["pike"]' in cure
+
+
+def test_scenarios_use_the_users_folder_and_groups(tmp_path: Path) -> None:
+    groups = tmp_path / "groups.csv"
+    data = DemoData(tmp_path, groups, "video_name")
+    lagging = next(s for s in SCENARIOS if s.expected_symptom == "lagging_class")
+    cfg = scenario_config(lagging, data, quick=False)
+    assert cfg.data.source == str(tmp_path)
+    assert (cfg.data.groups_csv, cfg.data.group_column) == (str(groups), "video_name")
+    assert cfg.data.synthetic.hard_species is None  # synthetic-only settings are left out
+    assert scenario_config(lagging, DemoData(), quick=False).data.synthetic.hard_species is not None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--groups", "g.csv"], "give --data too"),
+        (["--data", "no-such-folder"], "not a folder"),
+    ],
+)
+def test_demo_rejects_bad_options_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    from cnnclinic.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        CliRunner().invoke(app, ["demo", "--out", str(tmp_path), *args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_quick_demo_reproduces_and_cures_all_five(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    results = json.loads((out / "results.json").read_text())
+    assert [r["scenario"] for r in results] == [s.name for s in SCENARIOS]
+    for record, scenario in zip(results, SCENARIOS):
+        assert record["expected_symptom"] == scenario.expected_symptom
+        for run in ("sick", "treated"):
+            assert RUN_KEYS <= set(record[run])
+            assert len(record[run]["class_auc"]) == 5
+            assert (out / scenario.name / run / "metrics.jsonl").is_file()
+            assert (out / scenario.name / run / "report.html").is_file()
+        sick_symptoms = {f["symptom"] for f in record["sick"]["findings"]}
+        treated_symptoms = {f["symptom"] for f in record["treated"]["findings"]}
+        assert scenario.expected_symptom in sick_symptoms, record["sick"]["findings"]
+        assert scenario.expected_symptom not in treated_symptoms, record["treated"]["findings"]
+        assert record["metric_after"] > record["metric_before"]
+        assert record["cure_from_doctor"], "the cure should be the Doctor's own prescription"
+        assert record["cured"] is True
+    lagging = next(r for r in results if r["expected_symptom"] == "lagging_class")
+    assert lagging["hard_class"] == "species_x"
+    assert 'data.augment.strong_classes=["species_x"]' in lagging["cure"]
+    assert "cured" in result.output
