@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/cnnclinic train --data synthetic-fish --out runs/demo
+	$(VENV)/bin/cnnclinic demo --out runs/demo
 
 test: install
 	$(PY) -m pytest
