@@ -41,6 +41,15 @@ def read_groups(csv_path: Path, image_column: str, group_column: str) -> dict[st
     """``{image path relative to the data folder: group}`` from a ``,`` or ``;`` separated CSV."""
     if not csv_path.is_file():
         raise UserError(f"groups CSV not found: {csv_path}")
+    try:
+        return _read_group_rows(csv_path, image_column, group_column)
+    except UnicodeDecodeError:
+        raise UserError(f"groups CSV {csv_path} is not UTF-8 text (save it as UTF-8 CSV)") from None
+    except csv.Error as error:
+        raise UserError(f"groups CSV {csv_path} is not a readable CSV ({error})") from None
+
+
+def _read_group_rows(csv_path: Path, image_column: str, group_column: str) -> dict[str, str]:
     with csv_path.open(encoding="utf-8-sig", newline="") as stream:
         header = stream.readline()
         stream.seek(0)

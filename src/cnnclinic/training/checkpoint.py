@@ -58,6 +58,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append whole lines to a log and fsync them before returning.
+
+    A crash can only tear the last line; readers ignore a partial last line and a resume rewrites
+    the log up to its checkpoint, so no record is lost or doubled.
+    """
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _state_dict(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     # safetensors refuses shared storage (tied weights) and needs contiguous CPU tensors.

@@ -6,6 +6,7 @@ The run directory layout is the contract in docs/architecture.md. ``train()`` is
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -36,6 +37,7 @@ from cnnclinic.errors import UserError
 from cnnclinic.models import build_model, count_parameters
 from cnnclinic.training.checkpoint import (
     NonFiniteWeightsError,
+    append_lines,
     atomic_write_bytes,
     capture_rng_state,
     load_state,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 # Files of the run directory this module writes (a fresh run removes stale ones first).
 RUN_FILES = ("metrics.jsonl", "steps.jsonl", "layer_stats.jsonl", "diagnosis.json", "val_predictions.npz")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
+# Room for metrics, step and layer logs, TensorBoard events and the report, beyond the checkpoints.
+LOG_SPACE_BYTES = 20 * 2**20
 
 
 class Callback:
@@ -184,6 +188,33 @@ def check_writable(run_dir: Path) -> None:
         raise UserError(f"run directory {run_dir} is not writable ({error.strerror or error})") from None
 
 
+def check_free_space(run_dir: Path, model: nn.Module) -> None:
+    """Fail before the first epoch when the run directory's disk cannot hold the checkpoints and logs."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # best + last weights, optimizer state (Adam keeps two moments), a temp copy while writing, logs/report.
+    needed = 6 * weight_bytes + LOG_SPACE_BYTES
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UserError(
+            f"not enough free space for run directory {run_dir}: about {needed / 1e6:,.0f} MB needed "
+            f"for checkpoints and logs, {free / 1e6:,.0f} MB free"
+        )
+
+
+@contextmanager
+def disk_full_is_a_user_error(run_dir: Path) -> Iterator[None]:
+    """A disk that fills up during training ends the run with a one-line message, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(
+            f"the disk of {run_dir} is full ({error.strerror}); every checkpoint written so far is intact: "
+            f"free some space, then continue with `cnnclinic train --resume {run_dir}`"
+        ) from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
@@ -257,7 +288,7 @@ class Trainer:
             state = self._resumable_state()
         else:
             self._remove_stale_files()
-        with deterministic_algorithms(self.cfg.train.deterministic):
+        with deterministic_algorithms(self.cfg.train.deterministic), disk_full_is_a_user_error(self.run_dir):
             seed_everything(self.cfg.train.seed)
             self._setup()
             try:
@@ -295,6 +326,7 @@ class Trainer:
             f"model [bold]{cfg.model.arch}[/]: {parameters:,} parameters, "
             f"{parameters / max(train_images, 1):,.0f} per training image ({train_images:,} images)"
         )
+        check_free_space(self.run_dir, self.model)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch=len(self.loaders.train))
         if cfg.doctor.enabled:
             from cnnclinic.doctor import Doctor
@@ -416,8 +448,7 @@ class Trainer:
             "seconds": round(train_seconds + time.perf_counter() - started, 3),
         }
         self.history.append(record)
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_lines(self.run_dir / "metrics.jsonl", [json.dumps(record)])
         self._log_tensorboard(record)
         self._print_epoch(record)
 
@@ -430,10 +461,14 @@ class Trainer:
         self._update_early_stopping(val_loss)
         for callback in self.callbacks:
             callback.on_epoch_end(self, record)
+        # Logs first, checkpoint last: a crash in between leaves logs ahead of the checkpoint, which a
+        # resume trims; the reverse order would lose this epoch's records for good.
+        self._steps_file.flush()
+        os.fsync(self._steps_file.fileno())
+        self._write_doctor_files()
         final = self.should_stop or self.epoch == self.cfg.train.epochs
         if final or self.epoch % self.cfg.train.checkpoint_every == 0:
             self._save_last()
-        self._write_doctor_files()
 
     def _update_early_stopping(self, val_loss: float) -> None:
         if val_loss < self.early_stopping["best_val_loss"]:
@@ -482,8 +517,7 @@ class Trainer:
         if self.doctor is None:
             return
         new_records = self.doctor.layer_history[self._layer_records_written :]
-        with (self.run_dir / "layer_stats.jsonl").open("a", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record) + "\n" for record in new_records)
+        append_lines(self.run_dir / "layer_stats.jsonl", [json.dumps(record) for record in new_records])
         self._layer_records_written += len(new_records)
 
     # ------------------------------------------------------------------------- files and checkpoints
