@@ -251,6 +251,16 @@ def make_run_dir(
                 ],
             },
             {
+                "symptom": "class_imbalance",
+                "severity": "info",
+                "epoch": 0,  # the data doctor, before training
+                "step": 0,
+                "subject": None,
+                "evidence": {"imbalance_ratio": 4.5},
+                "explanation": "Some species have far more photos than others.",
+                "prescriptions": [{"config": [], "advice": "Collect more pike photos.", "restart": False}],
+            },
+            {
                 "symptom": "vanishing_gradient",
                 "severity": "critical",
                 "epoch": 1,
@@ -283,6 +293,8 @@ def test_report_puts_the_verdict_first_and_embeds_every_figure(tmp_path):
     assert critical < warning < html.index("<img")
     assert "Lagging class — pike" in html and "--set data.augment.strong_classes=[pike]" in html
     assert "first seen at epoch 1, step 9" in html
+    assert html.index('class="card warning"') < html.index('class="card info"')
+    assert "found in the data, before training" in html and "Collect more pike photos." in html
     sources = _image_sources(html)
     # curves, lr, gradient flow, dead units, ROC, confusion, highest-loss images, Grad-CAM
     assert len(sources) == 8

@@ -72,6 +72,8 @@ def learning_rate_figure(steps: Sequence[int], learning_rates: Sequence[float]) 
     # A schedule spanning more than a decade reads better on a log axis.
     if positive and max(positive) / min(positive) > 10:
         axes.set_yscale("log")
+    else:
+        axes.set_ylim(bottom=0)
     _style(axes, "Learning rate", "step", "learning rate")
     return figure_to_data_uri(figure)
 

@@ -45,14 +45,20 @@ def _finding_views(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     views = []
     for finding in findings:
         severity = finding.get("severity") if finding.get("severity") in SEVERITY_ORDER else "info"
-        when = [f"{name} {finding[name]}" for name in ("epoch", "step") if finding.get(name) is not None]
+        if not finding.get("epoch"):
+            # Epochs count from 1; the data doctor's findings (epoch 0 or None) come from the data itself.
+            when = "found in the data, before training"
+        else:
+            when = "first seen at " + ", ".join(
+                f"{name} {finding[name]}" for name in ("epoch", "step") if finding.get(name) is not None
+            )
         views.append(
             {
                 "severity": severity,
                 "title": " — ".join(
                     filter(None, [_title(str(finding.get("symptom", "finding"))), finding.get("subject")])
                 ),
-                "when": "first seen at " + ", ".join(when) if when else "",
+                "when": when,
                 "explanation": finding.get("explanation", ""),
                 "evidence": [(key, format_value(value)) for key, value in (finding.get("evidence") or {}).items()],
                 "prescriptions": finding.get("prescriptions") or [],
@@ -119,7 +125,7 @@ def _gradient_section(run: RunFiles) -> dict[str, str | None]:
     caption = (
         f"Layers from input (top) to output; grey: zero gradient or not measured. "
         f"First-layer / last-layer gradient norm at the last sample: {defined[-1]:.3g} "
-        f"(far below 1: the gradient fades before it reaches the input)."
+        f"(a ratio far below 1 means the gradient fades before it reaches the input)."
         if defined
         else "Layers from input (top) to output; grey: zero gradient or not measured."
     )
@@ -249,7 +255,7 @@ def _data_section(run: RunFiles) -> dict[str, Any]:
     return {
         "source": summary.get("source") or (run.config.get("data") or {}).get("source", "?"),
         "counts": {"splits": splits, "rows": rows},
-        "groups": format_value(groups) if groups else None,
+        "groups": ", ".join(f"{count} in {split}" for split, count in groups.items()) if groups else None,
         "skipped_count": skipped if isinstance(skipped, int) else len(skipped_files),
         "skipped": skipped_files,
     }
