@@ -37,8 +37,10 @@ SEVERITY_ORDER = ("critical", "warning", "info")
 IMAGES_SHOWN = 8
 
 
-def _title(symptom: str) -> str:
-    return symptom.replace("_", " ").capitalize()
+def _finding_title(finding: dict[str, Any]) -> str:
+    """``lagging_class`` about ``pike`` -> "Lagging class — pike"."""
+    symptom = str(finding.get("symptom", "finding")).replace("_", " ").capitalize()
+    return " — ".join(filter(None, [symptom, finding.get("subject")]))
 
 
 def _finding_views(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -55,9 +57,7 @@ def _finding_views(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         views.append(
             {
                 "severity": severity,
-                "title": " — ".join(
-                    filter(None, [_title(str(finding.get("symptom", "finding"))), finding.get("subject")])
-                ),
+                "title": _finding_title(finding),
                 "when": when,
                 "explanation": finding.get("explanation", ""),
                 "evidence": [(key, format_value(value)) for key, value in (finding.get("evidence") or {}).items()],
@@ -75,11 +75,10 @@ def _treatment_view(treatment: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     rows = []
     for attempt in attempts:
-        trigger = attempt.get("trigger") or {}
         rows.append(
             {
                 "number": attempt.get("attempt"),
-                "treating": " — ".join(filter(None, [_title(str(trigger.get("symptom", "?"))), trigger.get("subject")])),
+                "treating": _finding_title(attempt.get("trigger") or {}),
                 "change": attempt.get("change") or [],
                 "advice": attempt.get("advice") or "",
                 "start": attempt.get("start", "–"),
@@ -122,13 +121,12 @@ def _gradient_section(run: RunFiles) -> dict[str, str | None]:
         return {"figure": None, "note": _doctor_off_note(run, "per-layer gradient norms"), "caption": None}
     ratios = first_last_gradient_ratio(matrix)
     defined = [r for r in ratios if not math.isnan(r)]
-    caption = (
-        f"Layers from input (top) to output; grey: zero gradient or not measured. "
-        f"First-layer / last-layer gradient norm at the last sample: {defined[-1]:.3g} "
-        f"(a ratio far below 1 means the gradient fades before it reaches the input)."
-        if defined
-        else "Layers from input (top) to output; grey: zero gradient or not measured."
-    )
+    caption = "Layers from input (top) to output; grey: zero gradient or not measured."
+    if defined:
+        caption += (
+            f" First-layer / last-layer gradient norm at the last sample: {defined[-1]:.3g}"
+            " (a ratio far below 1 means the gradient fades before it reaches the input)."
+        )
     return {"figure": figures.gradient_flow_figure(matrix, ratios), "note": None, "caption": caption}
 
 
