@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cnnclinic.report.plot_data import LayerMatrix, RocCurve, TrainingCurves
 
@@ -228,5 +228,6 @@ def params_vs_accuracy_figure(names: Sequence[str], parameters: Sequence[int], a
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if parameters and max(parameters) / max(min(parameters), 1) > 10:
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
     _style(axes, "Parameters vs best validation accuracy", "trainable parameters", "best val accuracy")
     return figure_to_data_uri(figure)
