@@ -4,7 +4,9 @@ Activation *modules* (``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``, ...) are measure
 named after the module. Functional calls (``F.relu(x)``, ``torch.sigmoid(x)``, ``x.tanh()``) are caught by
 a ``TorchFunctionMode`` that is active only during the sampled forward pass of the model (entered by a
 forward pre-hook on the model, left by its forward hook); they are named ``relu#0``, ``sigmoid#1``, ... in
-call order. Every hook is removed as soon as the sampled pass is over.
+call order. When the first sampled pass finds no functional activation calls, later passes skip the
+function mode (it costs a Python call per operation). Every hook is removed as soon as the sampled pass
+is over.
 """
 
 from __future__ import annotations
@@ -50,19 +52,21 @@ def activation_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
 
 @torch.no_grad()
 def measure(output: torch.Tensor, kind: str) -> dict[str, Any]:
-    """Scalar statistics of one activation output, plus the per-unit dead mask for zeroing kinds."""
+    """Scalar statistics of one activation output, plus the per-unit dead mask for zeroing kinds.
+    Reductions only (no copies of the activation), so a sampled step stays cheap."""
     y = output.detach()
+    numel = y.numel()
     if kind == "relu":
         # A unit (channel of a conv, feature of a linear layer) is dead for this batch when it outputs zero
-        # for every sample and position.
-        units = y.transpose(0, 1).reshape(y.shape[1], -1) if y.dim() >= 2 else y.reshape(1, -1)
-        dead = units.amax(dim=1) <= 0
-        return {"dead_mask": dead.cpu().numpy(), "zero_share": (y <= 0).float().mean().item()}
+        # for every sample and position. ReLU outputs are >= 0, so "zero" is "not positive".
+        per_unit = y.amax(dim=[0, *range(2, y.dim())]) if y.dim() >= 2 else y.amax().reshape(1)
+        zeros = numel - torch.count_nonzero(y > 0).item()
+        return {"dead_mask": (per_unit <= 0).cpu().numpy(), "zero_share": zeros / numel}
     if kind == "sigmoid":
-        saturated = (y < SIGMOID_TAIL) | (y > 1 - SIGMOID_TAIL)
+        saturated = torch.count_nonzero((y - 0.5).abs() > 0.5 - SIGMOID_TAIL)
     else:
-        saturated = y.abs() > TANH_TAIL
-    return {"saturation": saturated.float().mean().item()}
+        saturated = torch.count_nonzero(y.abs() > TANH_TAIL)
+    return {"saturation": saturated.item() / numel}
 
 
 class _FunctionalActivations(TorchFunctionMode):
@@ -82,7 +86,8 @@ class _FunctionalActivations(TorchFunctionMode):
 class ActivationCapture:
     """Hooks for exactly one training forward pass; ``results`` maps activation name -> (kind, stats)."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, tuple[nn.Module, str]]):
+    def __init__(self, model: nn.Module, modules: dict[str, tuple[nn.Module, str]], functional: bool = True):
+        self.functional = functional
         self.results: dict[str, tuple[str, dict[str, Any]]] = {}
         self.inside_module = 0
         self.functional_calls = 0
@@ -105,7 +110,8 @@ class ActivationCapture:
         if self.done or not self._is_training_pass(module) or self._mode is not None:
             return
         self._mode = _FunctionalActivations(self)
-        self._mode.__enter__()
+        if self.functional:
+            self._mode.__enter__()
 
     def _leave_model(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._mode is None:
@@ -135,7 +141,8 @@ class ActivationCapture:
     def _exit_mode(self) -> None:
         if self._mode is not None:
             mode, self._mode = self._mode, None
-            mode.__exit__(None, None, None)
+            if self.functional:
+                mode.__exit__(None, None, None)
 
     def remove(self) -> None:
         """Remove every hook (and leave the function mode if the forward pass raised inside it)."""

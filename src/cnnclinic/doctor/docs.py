@@ -19,8 +19,8 @@ thresholds={"dying_relu": {"dead_unit_fraction": 0.6}})` or in the run config
 `doctor.thresholds: {dying_relu: {dead_unit_fraction: 0.6}}`. Unknown names are an error.
 
 How the doctor measures: every step it reads the loss and the total gradient norm (one device sync);
-every `sample_every` steps (default 10; also steps 0, 2, 4, 6, 8 and at least three times per epoch when
-epochs are short) it measures per-layer gradient and weight norms, the update-to-weight ratio
+every `sample_every` steps (default 10; also steps 0, 2, 4, 6, 8, and at least once per epoch when
+epochs are shorter) it measures per-layer gradient and weight norms, the update-to-weight ratio
 ‖Δw‖/‖w‖ of the following optimizer step (weights copied before the step and compared at the next
 `after_backward`) and activation statistics from hooks that exist only for that one forward pass.
 Activation modules (`nn.ReLU`, `nn.ReLU6`, `nn.Sigmoid`, `nn.Tanh`) are hooked directly; functional calls

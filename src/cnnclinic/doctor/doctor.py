@@ -88,6 +88,7 @@ class Doctor:
         self._found: dict[tuple[str, str | None], Finding] = {}
         self._interval = sample_every
         self._capture: ActivationCapture | None = None
+        self._functional_activations = True  # until the first sampled pass shows there are none
         self._weights_before_step: dict[str, torch.Tensor] | None = None
         self._epoch_steps = 0
         self._epoch_loss_sum = 0.0
@@ -155,8 +156,8 @@ class Doctor:
         if history.samples_per_epoch is None and self._epoch_seen is not None:
             history.samples_per_epoch = int(self._epoch_seen.item())
         if len(history.epochs) == 1 and self._epoch_steps > 0:
-            # Keep at least ~3 samples per epoch when epochs are short.
-            self._interval = max(1, min(self.sample_every, self._epoch_steps // 3))
+            # At least one sample per epoch when epochs are shorter than sample_every.
+            self._interval = max(1, min(self.sample_every, self._epoch_steps))
         self._run_checks()
         history.epoch += 1
         self._epoch_steps = 0
@@ -199,7 +200,7 @@ class Doctor:
     def _arm(self, step: int) -> None:
         self._disarm()
         if self._is_sample_step(step):
-            self._capture = ActivationCapture(self.model, self._activation_modules)
+            self._capture = ActivationCapture(self.model, self._activation_modules, self._functional_activations)
 
     def _disarm(self) -> None:
         if self._capture is not None:
@@ -212,6 +213,8 @@ class Doctor:
         capture = self._capture
         assert capture is not None
         self._disarm()
+        if capture.done:
+            self._functional_activations = capture.functional_calls > 0
         names = [n for n, m in self._layers.items() if m.weight.grad is not None]
         weights = [self._layers[n].weight.detach() for n in names]
         grads = [self._layers[n].weight.grad.detach() for n in names]
