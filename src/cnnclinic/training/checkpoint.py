@@ -58,6 +58,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def remove_partial_writes(folder: str | Path) -> None:
+    """Delete the temp files of atomic writes that a killed process left behind in ``folder``."""
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def append_lines(path: str | Path, lines: list[str]) -> None:
     """Append whole lines to a log and fsync them before returning.
 

@@ -42,6 +42,7 @@ from cnnclinic.training.checkpoint import (
     capture_rng_state,
     load_state,
     load_weights,
+    remove_partial_writes,
     restore_rng_state,
     save_state,
     save_weights,
@@ -572,6 +573,8 @@ class Trainer:
         checkpoints = self.run_dir / "checkpoints"
         if not (checkpoints / "last.state.pt").is_file() or not (checkpoints / "last.safetensors").is_file():
             raise UserError(f"{self.run_dir} is not a cnnclinic run that can be resumed (no checkpoints/last.*)")
+        for folder in (self.run_dir, checkpoints):
+            remove_partial_writes(folder)
         return load_state(checkpoints / "last.state.pt")
 
     def _restore(self, state: dict[str, Any]) -> None:
