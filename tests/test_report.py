@@ -349,6 +349,9 @@ def test_load_run_rejects_what_is_not_a_run_and_survives_a_torn_last_line(tmp_pa
     with (run_dir / "metrics.jsonl").open("a") as handle:
         handle.write('{"epoch": 5, "train_lo')  # the run was killed mid-write
     assert len(load_run(run_dir).metrics) == 4
+    (run_dir / "val_predictions.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable val_predictions"):
+        load_run(run_dir)
 
 
 def test_compare_tabulates_key_numbers_and_findings(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise UserError(f"report: {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+        raise UserError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -63,33 +64,36 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             # A run killed mid-write leaves a partial last line; everything before it is still good.
             if number == len(lines):
                 break
-            raise UserError(f"report: {path} line {number} is not valid JSON") from None
+            raise UserError(f"{path} line {number} is not valid JSON") from None
     return records
 
 
 def _read_predictions(path: Path) -> ValPredictions | None:
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as npz:
-        return ValPredictions(
-            probs=np.asarray(npz["probs"], dtype=np.float64),
-            targets=np.asarray(npz["targets"], dtype=np.int64),
-            paths=[str(p) for p in npz["paths"]] if "paths" in npz.files else [],
-        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return ValPredictions(
+                probs=np.asarray(npz["probs"], dtype=np.float64),
+                targets=np.asarray(npz["targets"], dtype=np.int64),
+                paths=[str(p) for p in npz["paths"]] if "paths" in npz.files else [],
+            )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        raise UserError(f"{path} is not a readable val_predictions file (probs, targets, paths)") from None
 
 
 def load_run(run_dir: str | Path) -> RunFiles:
     """Read every file of a run directory; UserError when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"report: run directory not found: {run_dir}")
+        raise UserError(f"run directory not found: {run_dir}")
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise UserError(f"report: {run_dir} is not a cnnclinic run directory (no config.yaml)")
+        raise UserError(f"{run_dir} is not a cnnclinic run directory (no config.yaml)")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
-        raise UserError(f"report: {config_path} is not valid YAML") from None
+        raise UserError(f"{config_path} is not valid YAML") from None
     summary_path = run_dir / "data_summary.json"
     diagnosis_path = run_dir / "diagnosis.json"
     treatment_path = run_dir / "treatment.json"
