@@ -197,7 +197,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 def _format_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = tuple(first["loc"])
-    key = ".".join(str(p) for p in loc) or "config"
+    # Keys come from the user (typos, dict keys of doctor.thresholds): escape control characters to stay on one line.
+    key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in ".".join(str(p) for p in loc)) or "config"
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(Config, loc)
         return f"config: unknown key '{key}' (allowed: {', '.join(allowed)})"
