@@ -180,6 +180,8 @@ def test_threshold_overrides_change_verdicts_and_are_validated() -> None:
         Doctor(model, None, num_classes=10, thresholds={"dead_relu": {"samples": 2}})
     with pytest.raises(UserError, match="unknown threshold 'dying_relu.fraction'"):
         Doctor(model, None, num_classes=10, thresholds={"dying_relu": {"fraction": 0.5}})
+    with pytest.raises(UserError, match="whole number"):
+        Doctor(model, None, num_classes=10, thresholds={"dying_relu": {"samples": 2.5}})
     with pytest.raises(UserError, match="must be a number"):
         Doctor(model, None, num_classes=10, thresholds={"dying_relu": {"samples": "many"}})
 

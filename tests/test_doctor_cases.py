@@ -210,6 +210,11 @@ def faulty_setups() -> dict[str, tuple[str, Callable[[], Run]]]:
             "dying_relu",
             lambda: train(init_(mlp([64, 64, 64], nn.ReLU), bias=-3.0), sgd(0.05), 2),
         ),
+        "relu_lr_burst": ("dying_relu", lambda: train(mlp([64, 64], nn.ReLU), sgd(1.0, momentum=0.9), 2)),
+        "tanh_loss_blows_up": (
+            "exploding_gradient",
+            lambda: train(mlp([64, 64], nn.Tanh), sgd(3.0, momentum=0.9), 2),
+        ),
         "tanh_large_init": ("saturated_activation", lambda: train(init_(mlp([64, 64], nn.Tanh), std=1.0), sgd(0.05), 2)),
         "sgd_lr_50": ("exploding_gradient", lambda: train(mlp([64, 64], nn.ReLU), sgd(50.0), 2)),
         "adam_lr_0.05": ("oscillating_loss", lambda: train(mlp([64, 64], nn.ReLU), adam(0.05), 3)),
@@ -254,6 +259,16 @@ def test_root_cause_not_echo_dead_relus() -> None:
     run = faulty_setups()["negative_bias_relu"][1]()
     assert run.symptoms == ["dying_relu"]
     assert run.get("dying_relu").evidence["dead_unit_fraction"] >= 0.9
+    burst = faulty_setups()["relu_lr_burst"][1]()  # a too-large LR kills the units, the loss goes flat
+    assert burst.symptoms == ["dying_relu"]
+    assert burst.get("dying_relu").prescriptions[1].config == ["train.lr=0.1"]
+
+
+def test_loss_blow_up_without_nan_is_exploding_warning() -> None:
+    run = faulty_setups()["tanh_loss_blows_up"][1]()
+    finding = run.get("exploding_gradient")
+    assert finding.severity == "warning" and not run.doctor.should_stop
+    assert finding.evidence["loss_growth"] >= 5
 
 
 def test_root_cause_not_echo_vanishing_in_sigmoid_stack() -> None:

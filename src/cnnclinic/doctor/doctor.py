@@ -225,6 +225,9 @@ class Doctor:
         else:
             norms = []
         sample = LayerSample(step=step, epoch=history.epoch, grad_norm={}, grad_rms={}, weight_norm={}, init_scale={})
+        if history.nonfinite is None and not all(math.isfinite(v) for v in norms[len(names) :]):
+            bad = next(n for n, v in zip(names, norms[len(names) :]) if not math.isfinite(v))
+            history.nonfinite = {"where": f"weights of layer '{bad}'", "step": step}
         for i, (name, weight) in enumerate(zip(names, weights)):
             grad_norm, weight_norm = norms[i], norms[len(names) + i]
             count, fan_in = weight.numel(), weight[0].numel()

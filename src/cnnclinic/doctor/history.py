@@ -84,9 +84,10 @@ class TrainingHistory:
     def record_step(self, loss: float, grad_norm: float) -> None:
         self.losses.append(loss)
         self.grad_norms.append(grad_norm)
-        if len(self.initial_losses) < 10 and math.isfinite(loss):
+        # The first steps, before a too-large learning rate has had time to blow things up.
+        if len(self.initial_losses) < 3 and math.isfinite(loss):
             self.initial_losses.append(loss)
-        if len(self.initial_grad_norms) < 10 and math.isfinite(grad_norm):
+        if len(self.initial_grad_norms) < 3 and math.isfinite(grad_norm):
             self.initial_grad_norms.append(grad_norm)
 
     @property

@@ -61,6 +61,8 @@ def resolve_thresholds(overrides: dict[str, dict[str, float]] | None) -> dict[st
                 )
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserError(f"doctor thresholds: '{symptom_id}.{name}' must be a number, got {value!r}")
+            if isinstance(fields[name].default, int) and float(value) != int(value):
+                raise UserError(f"doctor thresholds: '{symptom_id}.{name}' must be a whole number, got {value!r}")
             values[name] = int(value) if isinstance(fields[name].default, int) else float(value)
         resolved[symptom_id] = cls.Thresholds(**values)
     return resolved

@@ -73,7 +73,7 @@ class VanishingGradient(Symptom):
             self.id,
             "warning",
             evidence,
-            f"The gradient of layer '{weakest}' is {1 / spread:.0f}x weaker than that of '{strongest}', "
+            f"The gradient of layer '{weakest}' is {1 / spread:.3g} times weaker than that of '{strongest}', "
             "so the early layers hardly learn.",
             prescriptions,
         )
