@@ -197,3 +197,12 @@ def test_unwritable_run_dir_fails_before_loading_any_data(tmp_path):
 def test_resume_of_a_folder_that_is_not_a_run_is_a_user_error(fish_dir, tmp_path):
     with pytest.raises(UserError, match="not a cnnclinic run"):
         train(tiny_config(fish_dir), tmp_path, console=quiet(), resume=True)
+
+
+def test_early_stopping_counts_epochs_without_a_lower_val_loss(fish_dir, tmp_path):
+    trainer = Trainer(tiny_config(fish_dir, **{"train.early_stopping_patience": 2}), tmp_path)
+    for val_loss in (1.0, 0.9, 0.95):
+        trainer._update_early_stopping(val_loss)
+    assert not trainer.should_stop
+    trainer._update_early_stopping(0.9)  # equal is not better
+    assert trainer.should_stop and "early stopping" in trainer.stop_reason

@@ -498,8 +498,11 @@ class Trainer:
         current = self.doctor.findings() if self.doctor is not None else []
         # Data findings come first; they replace any finding of the same key (the Doctor's class_imbalance
         # from targets seen, or the data findings a resumed run read back from diagnosis.json).
-        data_keys = {finding.key for finding in self.data_findings}
-        return self.data_findings + [f for f in self._previous_findings + current if f.key not in data_keys]
+        # After a resume, the fresh Doctor may name again what the run found before: keep the first.
+        unique: dict[tuple[str, str | None], Finding] = {}
+        for finding in self.data_findings + self._previous_findings + current:
+            unique.setdefault(finding.key, finding)
+        return list(unique.values())
 
     def _inspect_data(self) -> None:
         """The data doctor (leakage, imbalance, small classes, image quality, corrupt files) before step 1."""
