@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
@@ -304,6 +306,29 @@ def test_report_puts_the_verdict_first_and_embeds_every_figure(tmp_path):
     assert "<link" not in html and "<script" not in html
     assert "Grad-CAM for “pike”" in html  # the lagging class the doctor named is the one explained
     assert "pike/broken.jpg" in html and "truncated image" in html
+
+
+def test_every_train_run_ends_with_a_report(fish_dir, tmp_path):
+    from cnnclinic.config import build_config
+    from cnnclinic.training.trainer import train
+
+    cfg = build_config(
+        overrides={
+            "data.source": str(fish_dir),
+            "data.image_size": 32,
+            "model.depth": 2,
+            "model.width": 8,
+            "train.epochs": 2,
+            "train.lr": 0.01,
+            "doctor.sample_every": 2,
+        }
+    )
+    result = train(cfg, tmp_path / "run", console=Console(file=io.StringIO()))
+    html = (result.run_dir / "report.html").read_text()
+    # From the trainer's own files: curves, lr, gradient flow, dead units, ROC, confusion, images, Grad-CAM.
+    assert len(_image_sources(html)) == 8
+    assert f"{count_parameters(result.model):,}" in html
+    assert "cannot be loaded" not in html and "not at their recorded paths" not in html
 
 
 def test_report_degrades_to_notes_without_images_weights_or_doctor(tmp_path):
