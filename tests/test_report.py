@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -24,6 +25,7 @@ from cnnclinic.errors import UserError
 from cnnclinic.models import build_model, count_parameters
 from cnnclinic.report import write_comparison, write_report
 from cnnclinic.report.explain import gradcam_maps
+from cnnclinic.report.figures import gradient_flow_figure
 from cnnclinic.report.plot_data import (
     best_epoch_record,
     class_to_explain,
@@ -79,6 +81,15 @@ def test_dead_fraction_matrix_reads_its_own_key():
     assert dead.layers == ["relu1", "relu2"] and dead.steps == [0, 10]
     assert dead.values[:, 1].tolist() == [0.8, 0.95]
     assert layer_stat_matrix(records, "saturation").steps == []
+
+
+def test_heatmaps_draw_a_single_sample_and_all_zero_gradients():
+    # One sampled step, and a dead network whose every gradient is 0 (nothing to put on a log scale).
+    single = gradient_flow_matrix([{"step": 0, "grad_norm": {"conv1": 1e-3, "fc": 1.0}}])
+    dead = gradient_flow_matrix([{"step": s, "grad_norm": {f"layer{i}": 0.0 for i in range(60)}} for s in range(3)])
+    for matrix in (single, dead):
+        uri = gradient_flow_figure(matrix, first_last_gradient_ratio(matrix))
+        assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).width > 500
 
 
 def test_most_confused_pairs_ranks_off_diagonal_cells():

@@ -85,10 +85,9 @@ def _heatmap(figure: Figure, axes, matrix: LayerMatrix, norm: Normalize, cmap_na
         values = np.ma.masked_less_equal(values, 0)
     rows = np.arange(len(matrix.layers))
     mesh = axes.pcolormesh(matrix.steps, rows, values, cmap=cmap, norm=norm, shading="nearest")
-    axes.set_yticks(rows, matrix.layers, fontsize=7 if len(rows) > 12 else 8)
-    if len(rows) > 40:
-        # Too many names to read: label every few layers.
-        axes.set_yticks(rows[:: math.ceil(len(rows) / 40)])
+    # Beyond 40 layers the names cannot be read: label every few.
+    labelled = rows[:: math.ceil(len(rows) / 40)]
+    axes.set_yticks(labelled, [matrix.layers[i] for i in labelled], fontsize=7 if len(rows) > 12 else 8)
     axes.invert_yaxis()  # input layer on top
     axes.set_xlabel("step")
     figure.colorbar(mesh, ax=axes, label=label, pad=0.01)
