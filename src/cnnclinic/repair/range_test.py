@@ -9,12 +9,9 @@ from rich.console import Console
 
 from cnnclinic.config import Config
 from cnnclinic.data import load_data, make_loaders
-from cnnclinic.models import build_model
 from cnnclinic.training.checkpoint import load_weights
-from cnnclinic.training.losses import build_loss
-from cnnclinic.training.lr_find import lr_range_test
-from cnnclinic.training.optim import build_optimizer
-from cnnclinic.training.trainer import resolve_device
+from cnnclinic.training.lr_find import lr_range_test, plot_lr_finder
+from cnnclinic.training.trainer import build_training_parts, resolve_device
 
 # Short on purpose: the test's steps come out of the repair's epoch budget.
 RANGE_TEST_STEPS = 40
@@ -28,20 +25,17 @@ class RangeTestLR:
     epochs_spent: float
 
 
-def lr_from_range_test(cfg: Config, start_weights: Path | None, console: Console | None = None) -> RangeTestLR:
-    """The learning rate the range test suggests for ``cfg``, starting from ``start_weights`` when given."""
+def lr_from_range_test(
+    cfg: Config, start_weights: Path | None, plot_path: Path, console: Console | None = None
+) -> RangeTestLR:
+    """The learning rate the range test suggests for ``cfg`` from ``start_weights`` (fresh weights when
+    None); the loss-vs-LR plot is saved to ``plot_path``."""
     bundle = load_data(cfg.data, console=console)
     loaders = make_loaders(bundle, cfg)
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model, len(bundle.class_names), cfg.data.image_size)
+    model, criterion, optimizer = build_training_parts(cfg, bundle, resolve_device(cfg.train.device))
     if start_weights is not None:
         model.load_state_dict(load_weights(start_weights)[0])
-    model.to(device)
-    counts = [int((bundle.train.targets == k).sum()) for k in range(len(bundle.class_names))]
-    criterion = build_loss(cfg.train, counts).to(device)
-    result = lr_range_test(
-        model, loaders.train, criterion, build_optimizer(model, cfg.train), num_steps=RANGE_TEST_STEPS,
-        console=console,
-    )
+    result = lr_range_test(model, loaders.train, criterion, optimizer, num_steps=RANGE_TEST_STEPS, console=console)
+    plot_lr_finder(result, plot_path)
     lr = float(f"{result.suggested_lr:.2g}")
     return RangeTestLR(lr, result.reason, len(result.raw_losses) / max(len(loaders.train), 1))

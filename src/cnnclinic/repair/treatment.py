@@ -122,16 +122,21 @@ class StopForTreatment(Callback):
             trainer.stop_reason = trainer.stop_reason or f"auto-repair: {finding.symptom} found"
 
 
-def auto_repair(cfg: Config, run_dir: str | Path, *, console: Console | None = None) -> RepairResult:
-    """Train ``cfg`` into ``run_dir`` and repair what the Doctor finds (see the module docstring)."""
-    return _RepairLoop(cfg, Path(run_dir), console or Console()).run()
+def auto_repair(
+    cfg: Config, run_dir: str | Path, *, console: Console | None = None, report: bool = True
+) -> RepairResult:
+    """Train ``cfg`` into ``run_dir`` and repair what the Doctor finds (see the module docstring).
+
+    ``report``: write ``run_dir/report.html`` for the kept attempt at the end."""
+    return _RepairLoop(cfg, Path(run_dir), console or Console(), report).run()
 
 
 class _RepairLoop:
-    def __init__(self, cfg: Config, run_dir: Path, console: Console):
+    def __init__(self, cfg: Config, run_dir: Path, console: Console, report: bool):
         self.cfg = cfg
         self.run_dir = run_dir
         self.console = console
+        self.report = report
         self.epochs = cfg.train.epochs
         self.budget = cfg.repair.epoch_budget * cfg.train.epochs
         self.spent = 0.0
@@ -171,12 +176,14 @@ class _RepairLoop:
         start_weights = None if fresh else kept.best_weights
         if LR_RANGE_TEST in changes:
             probe_cfg = kept.cfg.with_overrides([c for c in changes if c != LR_RANGE_TEST])
-            found = lr_from_range_test(probe_cfg, start_weights, console=self.console)
+            found = lr_from_range_test(probe_cfg, start_weights, folder / "lr_range_test.png", console=self.console)
             self.spent += found.epochs_spent
             changes = [f"train.lr={found.lr:g}" if c == LR_RANGE_TEST else c for c in changes]
             self.console.print(f"LR range test: {found.reason}", highlight=False)
         offset = 0 if fresh else kept.trained_epochs_at_best
-        epochs = min(max(self.epochs - offset, 1), math.floor(self.budget - self.spent))
+        # The epochs left of train.epochs, but at least half of them, so that the cure has time to show.
+        wanted = max(self.epochs - offset, math.ceil(self.epochs / 2))
+        epochs = min(wanted, math.floor(self.budget - self.spent))
         if epochs < 1:
             self.console.print("[yellow]auto-repair:[/] the epoch budget (repair.epoch_budget) is spent")
             return None
@@ -204,6 +211,8 @@ class _RepairLoop:
             "symptom_gone": symptom_gone,
             "metric_before": _accuracy(kept.metric),
             "metric_after": _accuracy(attempt.metric),
+            "macro_auc_before": _macro_auc(kept.metric),
+            "macro_auc_after": _macro_auc(attempt.metric),
             "cured": symptom_gone and improved,
             "kept": False,
             "stopped_by": attempt.stopped_by.symptom if attempt.stopped_by is not None else None,
@@ -235,7 +244,9 @@ class _RepairLoop:
         epoch_offset: int,
     ) -> AttemptRun:
         stopper = StopForTreatment(self, treated)
-        trainer = Trainer(cfg, folder, console=self.console, callbacks=[stopper], init_weights=start_weights)
+        trainer = Trainer(
+            cfg, folder, console=self.console, callbacks=[stopper], init_weights=start_weights, report=False
+        )
         result = trainer.fit()
         steps_per_epoch = max(len(trainer.loaders.train), 1)
         self.spent += trainer.global_step / steps_per_epoch
@@ -271,11 +282,13 @@ class _RepairLoop:
                     shutil.copy2(source, self.run_dir / name)
         treatment = self._write_treatment(kept, original)
         if self.attempts:
-            # RUN_DIR now holds the kept attempt and its treatment history; its report must show both.
+            self._print_summary(kept)
+        if self.report:
+            # Attempts train without a report; RUN_DIR now holds the kept attempt and its treatment history,
+            # and its report shows both.
             from cnnclinic.report import write_report
 
-            write_report(self.run_dir, console=self.console)
-            self._print_summary(kept)
+            self.console.print(f"report: [bold]{write_report(self.run_dir, console=self.console)}[/]")
         kept.result.run_dir = self.run_dir
         return RepairResult(self.run_dir, kept.result, treatment, list(self.attempts))
 
@@ -304,7 +317,8 @@ class _RepairLoop:
         verdict = "[green]cured, kept[/]" if record["cured"] else "[red]rolled back[/]"
         self.console.print(
             f"attempt {record['attempt']}: symptom {'gone' if record['symptom_gone'] else '[red]persists[/]'}, "
-            f"val acc {_shown(record['metric_before'])} -> {_shown(record['metric_after'])}: {verdict}"
+            f"val acc {_shown(record['metric_before'])} -> {_shown(record['metric_after'])} "
+            f"(macro AUC {_shown(record['macro_auc_before'])} -> {_shown(record['macro_auc_after'])}): {verdict}"
         )
 
     def _print_summary(self, kept: AttemptRun) -> None:
@@ -361,6 +375,10 @@ def _transfer_weights(source: AttemptRun, cfg: Config, path: Path) -> Path | Non
 
 def _accuracy(metric: ValMetric | None) -> float | None:
     return None if metric is None else round(metric.accuracy, 4)
+
+
+def _macro_auc(metric: ValMetric | None) -> float | None:
+    return None if metric is None else round(metric.macro_auc, 4)
 
 
 def _shown(value: float | None) -> str:
