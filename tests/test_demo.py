@@ -35,19 +35,9 @@ def test_cure_takes_the_doctors_values_and_keeps_the_rest() -> None:
         _finding("loss_stagnation", [["train.lr=0.0001"], ["train.schedule=cyclic"]]),
         _finding("overfitting", [["model.batchnorm=false"]]),  # another symptom's advice is not taken
     ])
-    cure, from_doctor = resolve_cure(scenario, sick, hard_class=None)
+    cure, from_doctor = resolve_cure(scenario, sick)
     assert cure == ["train.lr=0.0001", "train.schedule=cyclic", "model.batchnorm=true"]
     assert from_doctor == ["train.lr=0.0001", "train.schedule=cyclic"]
-
-
-def test_lagging_class_cure_targets_the_class_the_doctor_named() -> None:
-    scenario = next(s for s in SCENARIOS if s.expected_symptom == "lagging_class")
-    named = _finding("lagging_class", [['data.augment.strong_classes=["sea bass"]']], subject="sea bass")
-    cure, from_doctor = resolve_cure(scenario, _summary([named]), hard_class="sea bass")
-    assert 'data.augment.strong_classes=["sea bass"]' in cure
-    # Without the finding, the placeholder is filled with the given class (the sick run's worst AUC).
-    cure, _ = resolve_cure(scenario, _summary([]), hard_class="pike")
-    assert 'data.augment.strong_classes=["pike"]' in cure
 
 
 def test_scenarios_use_the_users_folder_and_groups(tmp_path: Path) -> None:
@@ -91,7 +81,9 @@ def test_quick_demo_reproduces_and_cures_all_five(tmp_path: Path) -> None:
             assert (out / scenario.name / run / "metrics.jsonl").is_file()
             assert (out / scenario.name / run / "report.html").is_file()
         sick_symptoms = {f["symptom"] for f in record["sick"]["findings"]}
-        treated_symptoms = {f["symptom"] for f in record["treated"]["findings"]}
+        treated_symptoms = {
+            f["symptom"] for f in record["treated"]["findings"] if record["hard_class"] in (None, f["subject"])
+        }
         assert scenario.expected_symptom in sick_symptoms, record["sick"]["findings"]
         assert scenario.expected_symptom not in treated_symptoms, record["treated"]["findings"]
         assert record["metric_after"] > record["metric_before"]
@@ -99,5 +91,4 @@ def test_quick_demo_reproduces_and_cures_all_five(tmp_path: Path) -> None:
         assert record["cured"] is True
     lagging = next(r for r in results if r["expected_symptom"] == "lagging_class")
     assert lagging["hard_class"] == "species_x"
-    assert 'data.augment.strong_classes=["species_x"]' in lagging["cure"]
     assert "cured" in result.output

@@ -17,9 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnclinic.config import Config, build_config, parse_override
-from cnnclinic.demo.scenarios import BASE, HARD_CLASS, QUICK_BASE, SCENARIOS, Scenario
+from cnnclinic.demo.scenarios import BASE, SCENARIOS, Scenario
 from cnnclinic.doctor import Finding
-from cnnclinic.errors import UserError
 from cnnclinic.training.checkpoint import atomic_write_bytes
 from cnnclinic.training.trainer import RunResult, train
 
@@ -69,8 +68,9 @@ class RunSummary:
             seconds=seconds,
         )
 
-    def has(self, symptom: str) -> bool:
-        return any(finding.symptom == symptom for finding in self.findings)
+    def has(self, symptom: str, subject: str | None = None) -> bool:
+        """Whether the Doctor raised ``symptom`` (about ``subject``, when one is given)."""
+        return any(f.symptom == symptom and subject in (None, f.subject) for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,7 +106,8 @@ class ScenarioResult:
 
     @property
     def symptom_gone(self) -> bool:
-        return not self.treated.has(self.scenario.expected_symptom)
+        # For a lagging class the symptom is about that class (as in auto-repair: one finding per subject).
+        return not self.treated.has(self.scenario.expected_symptom, self.hard_class)
 
     @property
     def improved(self) -> bool:
@@ -141,7 +142,7 @@ class ScenarioResult:
 
 def scenario_config(scenario: Scenario, data: DemoData, quick: bool) -> Config:
     """The sick run's configuration."""
-    overrides = [*BASE, *(QUICK_BASE if quick else ()), *data.overrides(scenario), *scenario.sick]
+    overrides = [*BASE, *data.overrides(scenario), *scenario.sick]
     return build_config(overrides=overrides + list(scenario.quick if quick else ()))
 
 
@@ -155,7 +156,7 @@ def hard_class_of(scenario: Scenario, sick: RunSummary) -> str | None:
     return min(sick.class_auc, key=sick.class_auc.__getitem__) if sick.class_auc else None
 
 
-def resolve_cure(scenario: Scenario, sick: RunSummary, hard_class: str | None) -> tuple[list[str], list[str]]:
+def resolve_cure(scenario: Scenario, sick: RunSummary) -> tuple[list[str], list[str]]:
     """The cure overrides, each replaced by the Doctor's prescription for the same key when it made one."""
     prescribed: dict[str, str] = {}
     for finding in sick.findings:
@@ -166,10 +167,6 @@ def resolve_cure(scenario: Scenario, sick: RunSummary, hard_class: str | None) -
                 prescribed.setdefault(parse_override(item)[0], item)
     cure, from_doctor = [], []
     for item in scenario.cure:
-        if HARD_CLASS in item:
-            if hard_class is None:
-                raise UserError(f"demo: scenario {scenario.name} needs a class to treat but the sick run has no AUC")
-            item = item.replace(HARD_CLASS, json.dumps(hard_class))
         key = parse_override(item)[0]
         if key in prescribed:
             item = prescribed[key]
@@ -189,7 +186,7 @@ def run_scenario(scenario: Scenario, out: Path, data: DemoData, quick: bool, con
     console.rule(f"[bold]{scenario.title}[/]: sick run ({scenario.how})")
     sick = _timed_train(sick_cfg, out / scenario.name / "sick", console)
     hard_class = hard_class_of(scenario, sick)
-    cure, from_doctor = resolve_cure(scenario, sick, hard_class)
+    cure, from_doctor = resolve_cure(scenario, sick)
     console.rule(f"[bold]{scenario.title}[/]: treated run ({', '.join(cure)})")
     treated = _timed_train(sick_cfg.with_overrides(cure), out / scenario.name / "treated", console)
     return ScenarioResult(scenario, sick, treated, cure, from_doctor, hard_class)

@@ -15,9 +15,6 @@ from typing import Literal
 # that lags (the "hard species").
 Metric = Literal["val_acc", "hard_class_auc"]
 
-# Stands for the lagging class's name (JSON-quoted) in a cure override.
-HARD_CLASS = "{hard_class}"
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -49,7 +46,6 @@ BASE = (
     "train.batch_size=32",
     "train.seed=0",
 )
-QUICK_BASE = ("data.synthetic.per_class=48",)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -59,10 +55,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         analysis="a CNN with several conv layers reached 98% train / 62% val, blamed on vanishing gradients",
         expected_symptom="vanishing_gradient",
         how="8 conv layers with sigmoid activations and no BatchNorm: the gradient shrinks at every layer",
-        sick=("model.depth=8", "model.activation=sigmoid", "train.epochs=6"),
+        sick=("model.depth=8", "model.activation=sigmoid", "train.epochs=8"),
         cure=("model.activation=relu", "model.init=he"),
         metric="val_acc",
-        quick=("train.epochs=4",),
+        quick=("train.epochs=5",),
     ),
     Scenario(
         name="loss_stagnation",
@@ -71,10 +67,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         "cured with cyclic learning rates",
         expected_symptom="loss_stagnation",
         how="a learning rate of 1e-6: every step moves the weights by a millionth",
-        sick=("train.lr=1e-6", "train.epochs=6"),
+        sick=("train.lr=1e-6", "train.batch_size=16", "train.epochs=6"),
         cure=("train.lr=1e-3", "train.schedule=cyclic"),
         metric="val_acc",
-        quick=("train.epochs=4",),
+        quick=("train.epochs=5",),
     ),
     Scenario(
         name="dying_relu",
@@ -82,10 +78,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         analysis="ReLU units died and stopped learning",
         expected_symptom="dying_relu",
         how="a learning rate of 0.05: the first large updates push most ReLU units below zero for good",
-        sick=("train.lr=0.05", "train.epochs=6"),
+        sick=("train.lr=0.05", "train.epochs=8"),
         cure=("model.activation=leaky_relu", "train.lr=0.005"),
         metric="val_acc",
-        quick=("train.epochs=4",),
+        quick=("train.epochs=5",),
     ),
     Scenario(
         name="lagging_class",
@@ -94,16 +90,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "focal loss, attention / EfficientNet and augmentation proposed",
         expected_symptom="lagging_class",
         how="species_x is a twin of bream that differs only by fin colour; trained with class-weighted loss",
-        sick=("train.loss=weighted_cross_entropy", "train.epochs=8"),
-        cure=(
-            "train.loss=focal",
-            "train.focal_alpha=balanced",
-            f"data.augment.strong_classes=[{HARD_CLASS}]",
-            "model.attention=se",
-        ),
+        sick=("model.batchnorm=true", "train.loss=weighted_cross_entropy", "train.epochs=12"),
+        # Focal loss and SE attention, as the analysis and the Doctor propose. The Doctor's targeted
+        # augmentation is left out: its colour jitter blurs fin colour, the only cue species_x has
+        # (measured: species_x AUC 0.82 with it, 0.91 without).
+        cure=("train.loss=focal", "train.focal_alpha=balanced", "model.attention=se"),
         metric="hard_class_auc",
         synthetic=("data.synthetic.hard_species=1",),
-        quick=("train.epochs=6",),
+        quick=("train.epochs=8",),
     ),
     Scenario(
         name="overfitting",
@@ -111,18 +105,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         analysis="a more complex CNN dropped val accuracy from 85% to 65% (train 98%); simpler architecture, "
         "dropout and L2 proposed",
         expected_symptom="overfitting",
-        how="a wide CNN with a 512-unit head trained on 20 photos per species for many epochs",
+        how="a wide CNN (512-unit head) trained on 10 photos per species for 30 epochs",
         sick=(
-            "data.max_per_class=40",
+            "data.max_per_class=20",
             "data.val_fraction=0.5",
+            "model.batchnorm=true",
             "model.width=32",
             "model.head=[512]",
-            "train.batch_size=16",
-            "train.epochs=20",
+            "train.batch_size=10",
+            "train.epochs=30",
         ),
         cure=("model.dropout=0.5", "train.weight_decay=0.0005", "model.width=16", "model.head=[64]"),
         metric="val_acc",
-        quick=("train.epochs=12",),
+        quick=("train.epochs=20",),
     ),
 )
 
