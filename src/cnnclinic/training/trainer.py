@@ -373,7 +373,7 @@ class Trainer:
                 if self.should_stop:
                     break
         if self.stop_reason:
-            self.console.print(f"[yellow]stopped after epoch {self.epoch}:[/] {self.stop_reason}")
+            self.console.print(f"[yellow]stopped in epoch {self.epoch}:[/] {self.stop_reason}")
 
     def _train_one_epoch(self, progress: Progress, task: TaskID) -> tuple[float, float]:
         self.model.train()
@@ -655,7 +655,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------- output
     def _print_data_summary(self) -> None:
         counts: dict[str, dict[str, int]] = self.bundle.summary["counts"]
-        table = Table(title=f"data: {self.bundle.summary['source']}", title_justify="left")
+        table = Table(title="images per class and split", title_justify="left")
         table.add_column("class")
         for split in counts:
             table.add_column(split, justify="right")
@@ -673,10 +673,11 @@ class Trainer:
             return "n/a" if record[key] is None else f"{record[key]:.{digits}f}"
 
         self.console.print(
-            f"epoch {record['epoch']:>3}  loss {shown('train_loss', 3)}/{shown('val_loss', 3)}"
-            f"  acc {shown('train_acc', 3)}/{shown('val_acc', 3)}  AUC {shown('val_macro_auc', 3)}"
-            f"  lr {record['lr']:.1e}  {record['seconds']:.1f}s  (train/val)",
+            f"epoch {record['epoch']:>3}  train loss {shown('train_loss', 3)} acc {shown('train_acc', 3)}"
+            f"  val loss {shown('val_loss', 3)} acc {shown('val_acc', 3)} AUC {shown('val_macro_auc', 3)}"
+            f"  lr {record['lr']:.1e}  {record['seconds']:.1f}s",
             highlight=False,
+            soft_wrap=True,
         )
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
