@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from cnnclinic.errors import UserError
+
+if TYPE_CHECKING:
+    from cnnclinic.config import Config
 
 app = typer.Typer(
     add_completion=False,
@@ -28,7 +31,7 @@ err_console = Console(stderr=True)
 def _config_from_options(
     config: Path | None, overrides: list[str] | None, data: str | None, epochs: int | None = None,
     groups: Path | None = None, group_column: str | None = None,
-):
+) -> Config:
     """The config file (or defaults), then --set overrides, then the explicit options (which win)."""
     from cnnclinic.config import load_config
 
