@@ -32,7 +32,7 @@ class Overfitting(Symptom):
     @dataclass
     class Thresholds:
         patience: int = field(default=3, metadata={"help": "epochs since the best validation loss"})
-        min_val_loss_rise: float = field(default=0.1, metadata={"help": "relative rise above the best val loss"})
+        min_val_loss_rise: float = field(default=0.05, metadata={"help": "relative rise above the best val loss"})
         min_accuracy_gap: float = field(default=0.1, metadata={"help": "train accuracy - val accuracy"})
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
