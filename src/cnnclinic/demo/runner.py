@@ -147,13 +147,12 @@ def scenario_config(scenario: Scenario, data: DemoData, quick: bool) -> Config:
 
 
 def hard_class_of(scenario: Scenario, sick: RunSummary) -> str | None:
-    """The class a hard_class_auc scenario is about: the one the Doctor names, else the sick run's worst AUC."""
-    if scenario.metric != "hard_class_auc":
+    """The class a hard_class_auc scenario is about: of the classes the Doctor names (else of all classes),
+    the one with the sick run's lowest AUC."""
+    if scenario.metric != "hard_class_auc" or not sick.class_auc:
         return None
-    for finding in sick.findings:
-        if finding.symptom == scenario.expected_symptom and finding.subject is not None:
-            return finding.subject
-    return min(sick.class_auc, key=sick.class_auc.__getitem__) if sick.class_auc else None
+    named = {f.subject for f in sick.findings if f.symptom == scenario.expected_symptom} & set(sick.class_auc)
+    return min(named or sick.class_auc, key=sick.class_auc.__getitem__)
 
 
 def resolve_cure(scenario: Scenario, sick: RunSummary) -> tuple[list[str], list[str]]:
@@ -233,30 +232,33 @@ def _number(value: float | None) -> str:
 
 
 def _findings_cell(run: RunSummary, expected: str) -> str:
-    if not run.findings:
+    """Symptom names, the expected one in bold; a symptom raised for several classes shows a count."""
+    counts: dict[str, int] = {}
+    for finding in run.findings:
+        counts[finding.symptom] = counts.get(finding.symptom, 0) + 1
+    if not counts:
         return "[dim]none[/]"
-    names = [f.symptom + (f" ({f.subject})" if f.subject else "") for f in run.findings]
-    return ", ".join(f"[bold]{name}[/]" if name.startswith(expected) else name for name in names)
+    names = [name + (f" x{n}" if n > 1 else "") for name, n in counts.items()]
+    return "\n".join(f"[bold]{name}[/]" if name.startswith(expected) else name for name in names)
 
 
 def results_table(results: list[ScenarioResult]) -> Table:
     table = Table(title="cnnclinic demo: the five case studies", title_justify="left", show_lines=True)
-    for column in ("case", "expected symptom", "sick run: findings", "cure", "treated run: findings",
-                   "train / val acc", "metric", "cured"):
+    for column in ("case", "sick run: findings", "cure", "treated run: findings", "train / val acc",
+                   "metric", "cured"):
         table.add_column(column)
     for result in results:
         expected = result.scenario.expected_symptom
         metric_name = "val acc" if result.scenario.metric == "val_acc" else f"AUC {result.hard_class}"
         metric_format = _percent if result.scenario.metric == "val_acc" else _number
         table.add_row(
-            result.scenario.title,
-            expected,
+            f"{result.scenario.title}\n[dim]expects {expected}[/]",
             _findings_cell(result.sick, expected),
             "\n".join(result.cure),
             _findings_cell(result.treated, expected),
-            f"{_percent(result.sick.train_acc)} / {_percent(result.sick.val_acc)} → "
-            f"{_percent(result.treated.train_acc)} / {_percent(result.treated.val_acc)}",
-            f"{metric_name}: {metric_format(result.metric(result.sick))} → {metric_format(result.metric(result.treated))}",
+            f"{_percent(result.sick.train_acc)} / {_percent(result.sick.val_acc)}\n"
+            f"→ {_percent(result.treated.train_acc)} / {_percent(result.treated.val_acc)}",
+            f"{metric_name}\n{metric_format(result.metric(result.sick))} → {metric_format(result.metric(result.treated))}",
             "[bold green]yes[/]" if result.cured else "[bold red]no[/]",
         )
     return table
