@@ -66,6 +66,8 @@ class DataConfig(_Section):
     max_per_class: int | None = Field(None, ge=1)
     balanced_sampling: bool = False
     num_workers: int = Field(0, ge=0, le=64)
+    # Page-locked batches for faster host-to-GPU copies (used on CUDA only, where it helps).
+    pin_memory: bool = True
     synthetic: SyntheticFishConfig = SyntheticFishConfig()
     augment: AugmentConfig = AugmentConfig()
 
@@ -99,6 +101,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1, le=100000)
+    # The global batch: under torchrun each of the N processes takes batch_size / N images per step.
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0.0, le=100.0)
@@ -125,6 +128,10 @@ class TrainConfig(_Section):
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(1, ge=1)
+    # Speed switches: bf16 autocast for forward and loss, NHWC memory layout, torch.compile of the training model.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class DoctorConfig(_Section):
