@@ -68,11 +68,22 @@ def test_config_error_from_the_installed_command_is_one_line_exit_2(tmp_path):
         (["evaluate", "{tmp}", "--data", "{tmp}"], ["not a cnnclinic run"]),
         (["predict", "{tmp}", "{tmp}/x.png"], ["not a cnnclinic run"]),
         (["lr-find", "--data", "synthetic-fish", "--out", "{tmp}/plot.txt"], [".png"]),
+        # Usage errors found by the argument parser are one line too, with a pointer to --help.
+        (["train", "--epochs", "abc"], ["--epochs", "cnnclinic train --help"]),
+        (["train", "--no-such-option"], ["--no-such-option"]),
+        (["trian"], ["No such command", "train"]),
+        (["make-fish"], ["Missing argument"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, fragments):
     code, _, err = run_main(monkeypatch, capsys, *(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert_one_line_error(code, err, *fragments)
+
+
+def test_help_exits_0_and_lists_the_commands(monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "--help")
+    assert code == 0
+    assert "train" in out and "demo" in out
 
 
 def test_evaluate_prints_metrics_table_and_confusion_matrix(run_dir, fish_dir):

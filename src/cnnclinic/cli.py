@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cnnclinic.errors import UserError
 
@@ -288,13 +289,26 @@ def demo_command(
 
 def main() -> None:
     try:
-        app()
+        # standalone_mode=False hands typer's usage errors to us, so they too print as one line.
+        result = app(standalone_mode=False)
+    except typer.TyperException as error:
+        ctx = getattr(error, "ctx", None)
+        if ctx is not None and type(error).__name__ == "NoArgsIsHelpError":
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(f"{error.format_message()}{hint}", error.exit_code)
     except UserError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+        _fail(str(error), error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(exit_code)
 
 
 if __name__ == "__main__":
