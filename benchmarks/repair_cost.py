@@ -1,0 +1,153 @@
+"""Auto-repair on a faulty-case suite: how many cases are cured, and at what cost in time.
+
+The suite is the five pathologies of the analysis (the demo's sick scenarios, ``cnnclinic.demo``) plus
+exploding gradients, an oscillating loss and saturated activations, all on synthetic fish. For each case:
+
+1. ``auto_repair`` the sick configuration (wall-clock and CPU time measured);
+2. train the configuration it ended with (``treatment.json`` ``final_config``) once, plainly, for the same
+   ``train.epochs``: the healthy run the user would have trained had they known the cure.
+
+A case is cured when the Doctor named the expected symptom in the sick run, auto-repair kept a cure, the
+symptom is absent from the kept run, and its best validation accuracy beats the sick run's. The ratio is
+repair time / healthy-run time (the goal: at most 1.5). CPU time is printed next to wall-clock time because
+the machine may be shared: it counts only this process's work.
+
+    .venv/bin/python benchmarks/repair_cost.py [--quick] [--cases a,b] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnclinic.config import Config, build_config
+from cnnclinic.demo.runner import DemoData, scenario_config
+from cnnclinic.demo.scenarios import BASE, SCENARIOS
+from cnnclinic.repair import auto_repair
+from cnnclinic.training.trainer import train
+
+# Cases beyond the five of the analysis, on the demo's base set-up. Small batches give the loss-curve
+# symptoms enough steps to be seen.
+EXTRA_CASES = {
+    "exploding_gradient": ["model.activation=leaky_relu", "train.optimizer=sgd", "train.lr=2.0", "train.epochs=6"],
+    "oscillating_loss": ["model.activation=leaky_relu", "train.lr=0.02", "train.batch_size=8", "train.epochs=6"],
+    "saturated_activation": ["model.activation=sigmoid", "model.init=normal", "model.init_std=1.0", "train.epochs=6"],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    expected_symptom: str
+    cfg: Config
+
+
+@dataclass
+class Measured:
+    case: Case
+    found: bool
+    changes: list[str]
+    kept_attempt: int
+    metric_before: float | None
+    metric_after: float | None
+    cured: bool
+    repair_wall: float
+    repair_cpu: float
+    healthy_wall: float
+    healthy_cpu: float
+
+    def to_dict(self) -> dict:
+        return {
+            "case": self.case.name, "expected_symptom": self.case.expected_symptom, "found": self.found,
+            "changes": self.changes, "kept_attempt": self.kept_attempt, "metric_before": self.metric_before,
+            "metric_after": self.metric_after, "cured": self.cured, "repair_seconds": round(self.repair_wall, 2),
+            "repair_cpu_seconds": round(self.repair_cpu, 2), "healthy_seconds": round(self.healthy_wall, 2),
+            "healthy_cpu_seconds": round(self.healthy_cpu, 2), "time_ratio": round(self.repair_wall / self.healthy_wall, 3),
+            "cpu_ratio": round(self.repair_cpu / self.healthy_cpu, 3),
+        }
+
+
+def faulty_cases(quick: bool) -> list[Case]:
+    cases = [Case(s.name, s.expected_symptom, scenario_config(s, DemoData(), quick)) for s in SCENARIOS]
+    cases += [Case(name, name, build_config(overrides=[*BASE, *sick])) for name, sick in EXTRA_CASES.items()]
+    return cases
+
+
+def timed(run) -> tuple[object, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(case: Case, out: Path) -> Measured:
+    quiet = Console(file=io.StringIO(), width=140)
+    repaired, repair_wall, repair_cpu = timed(lambda: auto_repair(case.cfg, out / case.name / "repaired", console=quiet, report=False))
+    treatment = repaired.treatment
+    final = build_config(treatment["final_config"])
+    _, healthy_wall, healthy_cpu = timed(lambda: train(final, out / case.name / "healthy", console=quiet, report=False))
+    original = treatment.get("original", {})
+    found = case.expected_symptom in {f["symptom"] for f in original.get("findings", [])}
+    kept = next((a for a in treatment["attempts"] if a["kept"]), None)
+    before = original.get("metric")
+    after = kept["metric_after"] if kept else before
+    gone = case.expected_symptom not in {f.symptom for f in repaired.run.findings}
+    cured = found and kept is not None and gone and after is not None and (before is None or after > before)
+    return Measured(
+        case, found, [" ".join(a["change"]) for a in treatment["attempts"]], treatment["kept_attempt"], before, after,
+        cured, repair_wall, repair_cpu, healthy_wall, healthy_cpu,
+    )
+
+
+def table(results: list[Measured]) -> Table:
+    view = Table(title="auto-repair on the faulty-case suite", title_justify="left")
+    for column in ("case", "found", "attempts (changes)", "kept", "val acc", "cured", "repair s", "healthy s",
+                   "ratio", "cpu ratio"):
+        view.add_column(column)
+    for m in results:
+        view.add_row(
+            m.case.name, "yes" if m.found else "[red]no[/]", "; ".join(m.changes) or "-", str(m.kept_attempt),
+            f"{m.metric_before} -> {m.metric_after}", "[green]yes[/]" if m.cured else "[red]no[/]",
+            f"{m.repair_wall:.1f}", f"{m.healthy_wall:.1f}", f"{m.repair_wall / m.healthy_wall:.2f}",
+            f"{m.repair_cpu / m.healthy_cpu:.2f}",
+        )
+    return view
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the demo's quick variants of its five scenarios")
+    parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("runs/repair-benchmark"))
+    args = parser.parse_args()
+    cases = faulty_cases(args.quick)
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        cases = [case for case in cases if case.name in wanted]
+    console = Console(width=200)
+    results = []
+    for case in cases:
+        console.print(f"{case.name}: repairing, then training the cure once ...")
+        results.append(measure(case, args.out))
+        console.print(table(results[-1:]))
+    console.print(table(results))
+    cured = sum(m.cured for m in results)
+    ratios = [m.repair_wall / m.healthy_wall for m in results]
+    cpu_ratios = [m.repair_cpu / m.healthy_cpu for m in results]
+    console.print(
+        f"cured {cured}/{len(results)} ({cured / len(results):.0%}); time ratio repair/healthy: mean "
+        f"{mean(ratios):.2f}, max {max(ratios):.2f} (CPU time: mean {mean(cpu_ratios):.2f}, max {max(cpu_ratios):.2f})"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps([m.to_dict() for m in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
