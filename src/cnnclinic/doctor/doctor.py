@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,8 @@ from torch import nn
 
 from cnnclinic.doctor.activations import ActivationCapture, activation_modules
 from cnnclinic.doctor.finding import SEVERITIES, Finding
-from cnnclinic.doctor.history import EpochRecord, LayerSample, TrainingHistory
+from cnnclinic.doctor.gates import GateFinder
+from cnnclinic.doctor.history import ClassFacts, EpochRecord, LayerSample, TrainingHistory
 from cnnclinic.doctor.symptoms import SYMPTOMS, resolve_thresholds
 from cnnclinic.errors import UserError
 
@@ -26,6 +27,8 @@ ECHOES = ("loss_stagnation", "oscillating_loss")
 # Extra samples early in the first epoch so gradient and activation symptoms can persist by its end.
 EARLY_SAMPLE_STEPS = frozenset({0, 2, 4, 6, 8})
 DEAD_MASK_MEMORY = 8
+# A finding whose condition has not been seen for this many whole epochs is resolved (critical ones never are).
+RESOLVE_AFTER_EPOCHS = 3
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -57,6 +60,7 @@ class Doctor:
         thresholds: dict[str, dict[str, float]] | None = None,
         sample_every: int = 10,
         on_finding: Callable[[Finding], None] | None = None,
+        data_facts: ClassFacts | Mapping[str, dict[str, Any]] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise UserError(f"Doctor: model must be a torch nn.Module, got {type(model).__name__}")
@@ -67,6 +71,10 @@ class Doctor:
         names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
             raise UserError(f"Doctor: {len(names)} class_names given for num_classes={num_classes}")
+        if data_facts is not None and not (callable(data_facts) or isinstance(data_facts, Mapping)):
+            raise UserError(
+                f"Doctor: data_facts must be a mapping or a callable class name -> facts, got {type(data_facts).__name__}"
+            )
         self.model = model
         self.optimizer = optimizer
         self.num_classes = num_classes
@@ -83,9 +91,12 @@ class Doctor:
             class_names=names,
             num_parameters=sum(p.numel() for p in self._params),
             class_counts=np.zeros(num_classes, dtype=np.int64),
+            data_facts=data_facts.get if isinstance(data_facts, Mapping) else data_facts,
         )
         self.should_stop = False
         self._found: dict[tuple[str, str | None], Finding] = {}
+        self._last_seen: dict[tuple[str, str | None], int] = {}  # key -> last epoch its condition held
+        self._gates: GateFinder | None = GateFinder(model, set(self._layers) | set(self._activation_modules))
         self._interval = sample_every
         self._capture: ActivationCapture | None = None
         self._functional_activations = True  # until the first sampled pass shows there are none
@@ -159,31 +170,54 @@ class Doctor:
             # At least one sample per epoch when epochs are shorter than sample_every.
             self._interval = max(1, min(self.sample_every, self._epoch_steps))
         self._run_checks()
+        self._resolve_cleared()
         history.epoch += 1
         self._epoch_steps = 0
         self._epoch_loss_sum = 0.0
         self._epoch_correct = self._epoch_seen = self._epoch_counts = None
 
-    def findings(self) -> list[Finding]:
-        """Root causes only, one per (symptom, subject), in the order first seen."""
-        found = list(self._found.values())
+    @torch.no_grad()
+    def combine_epoch_counts(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace this epoch's train counts (correct, seen, per class) by their sum over all processes.
+
+        For DistributedDataParallel: every process calls this, with the same reduction, before ``end_epoch``,
+        so each Doctor's train accuracy and class counts cover the whole global batch, not its shard.
+        """
+        device = self._epoch_counts.device if self._epoch_counts is not None else torch.device("cpu")
+        local = torch.zeros(self.num_classes + 2, dtype=torch.long, device=device)
+        if self._epoch_counts is not None and self._epoch_correct is not None and self._epoch_seen is not None:
+            local[0], local[1], local[2:] = self._epoch_correct, self._epoch_seen, self._epoch_counts
+        total = all_reduce_sum(local)
+        if int(total[1]) > 0:
+            self._epoch_correct, self._epoch_seen, self._epoch_counts = total[0], total[1], total[2:]
+
+    def findings(self, include_resolved: bool = False) -> list[Finding]:
+        """Root causes only, one per (symptom, subject), in the order first seen.
+
+        Only active findings by default: one whose condition has not been seen for ``RESOLVE_AFTER_EPOCHS``
+        whole epochs is resolved (a transient blip of a run that recovered is no diagnosis of the run).
+        ``include_resolved=True`` adds those, with ``resolved_at_epoch`` set."""
+        found = [f for f in self._found.values() if include_resolved or f.active]
         roots = [f for f in found if f.symptom in ROOT_CAUSES]
         if not roots:
             return [dataclasses.replace(f, evidence=dict(f.evidence)) for f in found]
         echoes = {f.symptom: f.evidence for f in found if f.symptom in ECHOES}
-        resolved = []
+        kept = []
         for finding in found:
             if finding.symptom in ECHOES:
                 continue
             evidence = dict(finding.evidence)
             if finding.symptom in ROOT_CAUSES and echoes:
                 evidence["also_seen"] = echoes
-            resolved.append(dataclasses.replace(finding, evidence=evidence))
-        return resolved
+            kept.append(dataclasses.replace(finding, evidence=evidence))
+        return kept
 
     def close(self) -> None:
         """Remove every hook and free the weight copy; the findings stay available."""
         self._disarm()
+        if self._gates is not None:
+            self._gates.remove()
+            self._gates = None
         self._weights_before_step = None
         self._closed = True
 
@@ -215,6 +249,9 @@ class Doctor:
         self._disarm()
         if capture.done:
             self._functional_activations = capture.functional_calls > 0
+        if self._gates is not None and self._gates.done:
+            history.gate_members = self._gates.members()
+            self._gates = None
         names = [n for n, m in self._layers.items() if m.weight.grad is not None]
         weights = [self._layers[n].weight.detach() for n in names]
         grads = [self._layers[n].weight.grad.detach() for n in names]
@@ -335,9 +372,10 @@ class Doctor:
 
     def _record(self, finding: Finding) -> None:
         previous = self._found.get(finding.key)
+        self._last_seen[finding.key] = self.history.epoch
         if finding.severity == "critical":
             self.should_stop = True
-        if previous is not None:
+        if previous is not None and previous.active:
             # Keep when it was first seen, update the evidence with the latest numbers.
             previous.evidence = finding.evidence
             previous.explanation = finding.explanation
@@ -345,7 +383,16 @@ class Doctor:
             if SEVERITIES.index(finding.severity) > SEVERITIES.index(previous.severity):
                 previous.severity = finding.severity
             return
+        # New, or back after it had resolved: either way news, dated from now.
         self._found[finding.key] = finding
-        is_echo = finding.symptom in ECHOES and any(key[0] in ROOT_CAUSES for key in self._found)
+        is_echo = finding.symptom in ECHOES and any(f.symptom in ROOT_CAUSES and f.active for f in self._found.values())
         if self.on_finding is not None and not is_echo:
             self.on_finding(finding)
+
+    def _resolve_cleared(self) -> None:
+        """At the end of an epoch: resolve the findings whose condition has been clear for long enough."""
+        epoch = self.history.epoch
+        for key, finding in self._found.items():
+            last_seen = self._last_seen.get(key, finding.epoch)
+            if finding.active and finding.severity != "critical" and epoch - last_seen >= RESOLVE_AFTER_EPOCHS:
+                finding.resolved_at_epoch = last_seen + 1

@@ -34,7 +34,8 @@ class Prescription:
 class Finding:
     """A pathology seen in training. ``epoch`` is 1-based (the epoch in which it was first seen), ``step``
     counts ``after_backward`` calls from 0. ``subject`` names what it is about when a symptom can occur
-    several times (the class of a lagging class); otherwise None."""
+    several times (the class of a lagging class); otherwise None. ``resolved_at_epoch`` is set once the
+    condition has stayed clear for a few epochs (it is the first of them); None while the finding is active."""
 
     symptom: str
     severity: Severity
@@ -44,11 +45,16 @@ class Finding:
     explanation: str
     prescriptions: list[Prescription] = field(default_factory=list)
     subject: str | None = None
+    resolved_at_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
         self.evidence = json_safe(self.evidence)
+
+    @property
+    def active(self) -> bool:
+        return self.resolved_at_epoch is None
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -64,6 +70,7 @@ class Finding:
             "evidence": self.evidence,
             "explanation": self.explanation,
             "prescriptions": [p.to_dict() for p in self.prescriptions],
+            "resolved_at_epoch": self.resolved_at_epoch,
         }
 
     @classmethod
@@ -77,6 +84,7 @@ class Finding:
             explanation=data["explanation"],
             prescriptions=[Prescription.from_dict(p) for p in data.get("prescriptions", [])],
             subject=data.get("subject"),
+            resolved_at_epoch=data.get("resolved_at_epoch"),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from cnnclinic.doctor.finding import Finding, Prescription, Severity
 # "sigmoid"/"tanh" squash (units can saturate).
 ZEROING_KINDS = ("relu",)
 SQUASHING_KINDS = ("sigmoid", "tanh")
+# What the data says about one class (``cnnclinic.datadoctor.class_data_facts``), or None when unknown.
+ClassFacts = Callable[[str], dict[str, Any] | None]
 
 
 @dataclass
@@ -80,6 +83,9 @@ class TrainingHistory:
     activation_kinds: dict[str, str] = field(default_factory=dict)
     # Per zeroing activation: the last few sampled "unit was zero for the whole batch" masks.
     dead_masks: dict[str, deque[np.ndarray]] = field(default_factory=dict)
+    # Layers and activations of gating branches (SE, CBAM, ...; see ``doctor.gates``): not the main path.
+    gate_members: set[str] = field(default_factory=set)
+    data_facts: ClassFacts | None = None
 
     def record_step(self, loss: float, grad_norm: float) -> None:
         self.losses.append(loss)
@@ -97,6 +103,10 @@ class TrainingHistory:
 
     def kinds_present(self) -> set[str]:
         return set(self.activation_kinds.values())
+
+    def main_path(self, values: dict[str, float]) -> dict[str, float]:
+        """``values`` (per layer or activation) without the gating branches."""
+        return {name: value for name, value in values.items() if name not in self.gate_members}
 
     def recent_samples(self, count: int) -> list[LayerSample]:
         return self.samples[-count:] if len(self.samples) >= count else []

@@ -23,7 +23,9 @@ class DyingReLU(Symptom):
     units (conv channels / linear features) that output zero for every sample and position of the batch. A
     unit is *dead* when it was zero in each of the last ``samples`` sampled batches (so a small batch does
     not fake it). Reported when the dead units make up at least ``dead_unit_fraction`` of all ReLU units, or
-    at least ``layer_dead_fraction`` of one layer (a fully dead layer blocks the whole network).
+    at least ``layer_dead_fraction`` of one layer (a fully dead layer blocks the whole network). Only ReLUs on
+    the main path count: the narrow bottleneck of an attention gate (squeeze-and-excitation, CBAM) is often
+    silent without blocking anything, since the gate still passes the features it scales.
 
     **Prescriptions.** LeakyReLU (``model.activation=leaky_relu``); a 10x smaller learning rate; He
     initialisation; BatchNorm.
@@ -41,7 +43,7 @@ class DyingReLU(Symptom):
         per_layer: dict[str, float] = {}
         dead_units = total_units = 0
         for name, masks in history.dead_masks.items():
-            if len(masks) < t.samples:
+            if len(masks) < t.samples or name in history.gate_members:
                 continue
             dead = np.logical_and.reduce(list(masks)[-t.samples :])
             per_layer[name] = float(dead.mean())

@@ -19,7 +19,9 @@ class SaturatedActivation(Symptom):
     **Evidence.** At every sampled step a forward hook on each sigmoid/tanh (module or functional call)
     measures the share of outputs in the tails, where the slope is below 5% of its maximum
     (sigmoid output < 0.0127 or > 0.9873, i.e. |x| > 4.4; |tanh output| > 0.975, i.e. |x| > 2.2).
-    Reported when a layer's share is at least ``saturated_share`` on ``samples`` consecutive samples.
+    Reported when a layer's share is at least ``saturated_share`` on ``samples`` consecutive samples. The
+    sigmoid gates of attention branches (squeeze-and-excitation, CBAM) are meant to switch channels on or
+    off and are not judged.
 
     **Prescriptions.** Xavier initialisation (``model.init=xavier``); BatchNorm before the activation;
     ReLU-family activations, which do not saturate for positive inputs.
@@ -34,16 +36,14 @@ class SaturatedActivation(Symptom):
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         recent = history.recent_samples(t.samples)
-        if not recent or not recent[-1].saturation:
-            return None
+        latest = history.main_path(recent[-1].saturation) if recent else {}
         saturated = [
             name
-            for name in recent[-1].saturation
+            for name in latest
             if all(sample.saturation.get(name, 0.0) >= t.saturated_share for sample in recent)
         ]
         if not saturated:
             return None
-        latest = recent[-1].saturation
         worst = max(saturated, key=latest.__getitem__)
         evidence = {
             "saturated_share": latest,

@@ -8,10 +8,10 @@ from cnnclinic.doctor.symptoms._shared import batchnorm
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
-def gradient_spread(sample: LayerSample) -> tuple[float, str, str] | None:
-    """(weakest / strongest per-parameter gradient RMS, weakest layer, strongest layer) over layers with a
-    non-zero gradient (all-zero gradients are dead units, a different symptom)."""
-    rms = {name: value for name, value in sample.grad_rms.items() if value > 0}
+def gradient_spread(history: TrainingHistory, sample: LayerSample) -> tuple[float, str, str] | None:
+    """(weakest / strongest per-parameter gradient RMS, weakest layer, strongest layer) over the main-path
+    layers with a non-zero gradient (all-zero gradients are dead units, a different symptom)."""
+    rms = {name: value for name, value in history.main_path(sample.grad_rms).items() if value > 0}
     if len(rms) < 2:
         return None
     weakest = min(rms, key=rms.__getitem__)
@@ -31,7 +31,9 @@ class VanishingGradient(Symptom):
     **Evidence.** At every sampled step, the per-parameter gradient RMS (‖g‖ / √n) of each conv/linear
     layer. The spread is the weakest layer's RMS divided by the strongest layer's (scale-free: it does not
     depend on the loss scale or the learning rate). Vanishing when the spread is below ``max_spread`` on
-    ``samples`` consecutive sampled steps. Layers whose gradient is exactly zero are left to ``dying_relu``.
+    ``samples`` consecutive sampled steps. Layers whose gradient is exactly zero are left to ``dying_relu``;
+    gating branches (squeeze-and-excitation, CBAM: small sub-networks ending in a sigmoid that scales the
+    features) naturally get tiny gradients and are left out (see ``cnnclinic.doctor.gates``).
 
     **Prescriptions.** With sigmoid/tanh activations, switch to ReLU (``model.activation=relu``) with He
     initialisation; add BatchNorm; add residual connections.
@@ -46,7 +48,7 @@ class VanishingGradient(Symptom):
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         recent = history.recent_samples(t.samples)
-        spreads = [gradient_spread(sample) for sample in recent]
+        spreads = [gradient_spread(history, sample) for sample in recent]
         if not recent or any(s is None or s[0] >= t.max_spread for s in spreads):
             return None
         spread, weakest, strongest = spreads[-1]  # type: ignore[misc]
