@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train CNN image classifiers, diagnose training pathologies and cure them.",
 )
-console = Console()
+# Under torchrun every process runs the command; only rank 0 talks (errors still come from any rank).
+console = Console(quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True)
 
 

@@ -47,6 +47,7 @@ from cnnclinic.training.checkpoint import (
     save_state,
     save_weights,
 )
+from cnnclinic.training.distributed import init_distributed
 from cnnclinic.training.losses import build_loss
 from cnnclinic.training.lr_find import LRFinderResult, lr_range_test, plot_lr_finder
 from cnnclinic.training.metrics import ClassificationMetrics, classification_metrics
@@ -285,12 +286,17 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- run
     def fit(self, resume: bool = False) -> RunResult:
         check_writable(self.run_dir)
+        # Under torchrun: join the process group; only rank 0 prints and writes the run directory.
+        self.dist = init_distributed(resolve_device(self.cfg.train.device), self.cfg.train)
+        if not self.dist.is_main:
+            self.console = Console(quiet=True)
         if resume:
             state = self._resumable_state()
-        else:
+        elif self.dist.is_main:
             self._remove_stale_files()
         with deterministic_algorithms(self.cfg.train.deterministic), disk_full_is_a_user_error(self.run_dir):
-            seed_everything(self.cfg.train.seed)
+            # Each process draws its own augmentations; DDP gives every process rank 0's initial weights.
+            seed_everything(self.cfg.train.seed + self.dist.rank)
             self._setup()
             try:
                 if resume:
@@ -299,11 +305,12 @@ class Trainer:
                     self._load_init_weights(self.init_weights)
                 self._write_run_description()
                 # Opened after a resume has trimmed steps.jsonl (which replaces the file).
-                self._steps_file = (self.run_dir / "steps.jsonl").open("a", encoding="utf-8")
+                if self.dist.is_main:
+                    self._steps_file = (self.run_dir / "steps.jsonl").open("a", encoding="utf-8")
                 self._run_epochs()
             finally:
                 self._close()
-        if self.report:
+        if self.report and self.dist.is_main:
             # Imported here: the report reads finished runs through this module (load_trained_model).
             from cnnclinic.report import write_report
 
@@ -313,14 +320,17 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.cfg
-        self.device = resolve_device(cfg.train.device)
-        self.bundle: DataBundle = load_data(cfg.data, console=self.console)
+        self.device = self.dist.device
+        with self.dist.local_main_first():  # one process per machine fills the decode cache
+            self.bundle: DataBundle = load_data(cfg.data, console=self.console)
         self.class_names = list(self.bundle.class_names)
         self._print_data_summary()
         self._inspect_data()
-        self.loaders = make_loaders(self.bundle, cfg)
+        self.loaders = self.dist.prepare_loaders(make_loaders(self.bundle, cfg), cfg)
         num_classes = len(self.class_names)
         self.model, self.criterion, self.optimizer = build_training_parts(cfg, self.bundle, self.device)
+        # What the training steps call (DDP, compiled); self.model stays the plain module.
+        self.train_model = self.dist.training_model(self.model, cfg.train)
         train_images = len(self.bundle.train)
         parameters = count_parameters(self.model)
         self.console.print(
@@ -343,7 +353,7 @@ class Trainer:
             )
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
-        self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if self.dist.is_main else None
 
     def _run_epochs(self) -> None:
         total_epochs = self.cfg.train.epochs
@@ -363,6 +373,7 @@ class Trainer:
                                      loss=math.nan, acc=math.nan, speed=0.0)
             for epoch in range(self.epoch + 1, total_epochs + 1):
                 self.epoch = epoch
+                self.dist.set_epoch(self.loaders.train, epoch)
                 started = time.perf_counter()
                 progress.reset(task, total=len(self.loaders.train), epoch=epoch, epochs=total_epochs,
                                loss=math.nan, acc=math.nan, speed=0.0)
@@ -370,6 +381,7 @@ class Trainer:
                 if self.should_stop:
                     break
                 self._end_epoch(train_loss, train_acc, time.perf_counter() - started)
+                self._stop_together()
                 if self.should_stop:
                     break
         if self.stop_reason:
@@ -384,17 +396,21 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             # MixUp/CutMix give soft targets; accuracy and the Doctor use their argmax.
             hard_targets = targets.argmax(dim=1) if targets.ndim == 2 else targets
-            logits = self.model(images)
-            loss = self.criterion(logits, targets)
+            with self.dist.autocast(self.cfg.train):
+                logits = self.train_model(images)
+                loss = self.criterion(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # The global batch's loss (the shards' combined), so every process and its Doctor see the same.
+            step_loss = self.dist.mean_loss(loss, images.shape[0])
             if self.doctor is not None:
-                self.doctor.after_backward(loss, logits=logits.detach(), targets=hard_targets)
-            loss_value = loss.item()
+                self.doctor.after_backward(step_loss, logits=logits.detach(), targets=hard_targets)
+            loss_value = step_loss.item()
             if self.doctor is not None and self.doctor.should_stop:
                 self._request_stop("the Doctor raised a critical finding; the last good checkpoint is kept")
             elif not math.isfinite(loss_value):
                 self._request_stop(f"loss is {loss_value} at step {self.global_step + 1}; the last good checkpoint is kept")
+            self._stop_together()
             if self.should_stop:
                 break
             if self.cfg.train.grad_clip is not None:
@@ -408,13 +424,16 @@ class Trainer:
             loss_sum += loss_value * batch
             correct += int((logits.detach().argmax(dim=1) == hard_targets).sum())
             seen += batch
-            self._steps_file.write(
-                json.dumps({"step": self.global_step, "epoch": self.epoch, "loss": loss_value, "lr": lr}) + "\n"
-            )
+            if self._steps_file is not None:
+                self._steps_file.write(
+                    json.dumps({"step": self.global_step, "epoch": self.epoch, "loss": loss_value, "lr": lr}) + "\n"
+                )
             progress.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen,
-                            speed=seen / (time.perf_counter() - started))
+                            speed=seen * self.dist.world_size / (time.perf_counter() - started))
             if self.should_stop:
                 break
+        totals = self.dist.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
+        loss_sum, correct, seen = totals.tolist()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     @torch.no_grad()
@@ -425,7 +444,7 @@ class Trainer:
         for images, targets in loader:
             all_logits.append(self.model(images.to(self.device, non_blocking=True)).float().cpu())
             all_targets.append(targets.argmax(dim=1) if targets.ndim == 2 else targets)
-        return torch.cat(all_logits), torch.cat(all_targets)
+        return self.dist.gather_in_order(loader, torch.cat(all_logits), torch.cat(all_targets))
 
     def _end_epoch(self, train_loss: float, train_acc: float, train_seconds: float) -> None:
         started = time.perf_counter()
@@ -435,6 +454,7 @@ class Trainer:
         probs = torch.softmax(val_logits, dim=1).numpy()
         metrics = classification_metrics(probs, val_targets.numpy(), self.class_names)
         if self.doctor is not None:
+            self.doctor.combine_epoch_counts(self.dist.all_reduce_sum)
             self.doctor.end_epoch(val_logits=val_logits, val_targets=val_targets)
         record = {
             "epoch": self.epoch,
@@ -449,7 +469,8 @@ class Trainer:
             "seconds": round(train_seconds + time.perf_counter() - started, 3),
         }
         self.history.append(record)
-        append_lines(self.run_dir / "metrics.jsonl", [json.dumps(record)])
+        if self.dist.is_main:
+            append_lines(self.run_dir / "metrics.jsonl", [json.dumps(record)])
         self._log_tensorboard(record)
         self._print_epoch(record)
 
@@ -462,10 +483,12 @@ class Trainer:
         self._update_early_stopping(val_loss)
         for callback in self.callbacks:
             callback.on_epoch_end(self, record)
+        self._stop_together()
         # Logs first, checkpoint last: a crash in between leaves logs ahead of the checkpoint, which a
         # resume trims; the reverse order would lose this epoch's records for good.
-        self._steps_file.flush()
-        os.fsync(self._steps_file.fileno())
+        if self._steps_file is not None:
+            self._steps_file.flush()
+            os.fsync(self._steps_file.fileno())
         self._write_doctor_files()
         final = self.should_stop or self.epoch == self.cfg.train.epochs
         if final or self.epoch % self.cfg.train.checkpoint_every == 0:
@@ -483,6 +506,11 @@ class Trainer:
     def _request_stop(self, reason: str) -> None:
         self.should_stop = True
         self.stop_reason = self.stop_reason or reason
+
+    def _stop_together(self) -> None:
+        """Under torchrun, a stop requested on any process ends every process at the same point."""
+        if self.dist.any(self.should_stop) and not self.should_stop:
+            self._request_stop("another process of this torchrun job stopped the run")
 
     # ---------------------------------------------------------------------------------- the doctor
     def _on_finding(self, finding: Finding) -> None:
@@ -509,6 +537,9 @@ class Trainer:
         from cnnclinic.datadoctor import inspect_data
         from cnnclinic.doctor import render_finding
 
+        if not self.dist.is_main:
+            self.data_findings = []
+            return
         report = inspect_data(self.bundle)
         self.data_findings: list[Finding] = report.findings
         for finding in self.data_findings:
@@ -516,6 +547,8 @@ class Trainer:
         self.console.print(f"data doctor: {len(report.findings)} finding(s) in {report.timings['total']:.1f} s")
 
     def _write_doctor_files(self) -> None:
+        if not self.dist.is_main:
+            return
         diagnosis = {"findings": [finding.to_dict() for finding in self.findings()]}
         atomic_write_bytes(self.run_dir / "diagnosis.json", json.dumps(diagnosis, indent=2).encode("utf-8"))
         if self.doctor is None:
@@ -532,12 +565,16 @@ class Trainer:
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
 
     def _write_run_description(self) -> None:
+        if not self.dist.is_main:
+            return
         atomic_write_bytes(self.run_dir / "config.yaml", self.cfg.to_yaml().encode("utf-8"))
         summary = dict(self.bundle.summary)
         summary["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in self.bundle.skipped]
         atomic_write_bytes(self.run_dir / "data_summary.json", json.dumps(summary, indent=2).encode("utf-8"))
 
     def _save_weights(self, name: str) -> bool:
+        if not self.dist.is_main:
+            return True
         try:
             save_weights(self.model, self.run_dir / "checkpoints" / name, class_names=self.class_names,
                          extra={"epoch": self.epoch})
@@ -548,6 +585,8 @@ class Trainer:
         return True
 
     def _save_last(self) -> None:
+        if not self.dist.is_main:
+            return
         if not self._save_weights("last.safetensors"):
             return
         state = {
@@ -567,6 +606,8 @@ class Trainer:
         save_state(state, self.run_dir / "checkpoints" / "last.state.pt")
 
     def _save_val_predictions(self, probs: np.ndarray, targets: np.ndarray) -> None:
+        if not self.dist.is_main:
+            return
         paths = np.array([str(p) for p in self.bundle.val.paths], dtype=np.str_)
         buffer = io.BytesIO()
         np.savez(buffer, probs=probs.astype(np.float32), targets=targets.astype(np.int64), paths=paths)
@@ -576,8 +617,9 @@ class Trainer:
         checkpoints = self.run_dir / "checkpoints"
         if not (checkpoints / "last.state.pt").is_file() or not (checkpoints / "last.safetensors").is_file():
             raise UserError(f"{self.run_dir} is not a cnnclinic run that can be resumed (no checkpoints/last.*)")
-        for folder in (self.run_dir, checkpoints):
-            remove_partial_writes(folder)
+        if self.dist.is_main:  # another process's leftovers may be rank 0's writes in progress
+            for folder in (self.run_dir, checkpoints):
+                remove_partial_writes(folder)
         return load_state(checkpoints / "last.state.pt")
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -596,10 +638,11 @@ class Trainer:
         self.early_stopping = dict(state["early_stopping"])
         # Drop whatever a crashed run wrote after its last checkpoint, so the files match the state.
         self.history = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
-        _write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-        for name in ("steps.jsonl", "layer_stats.jsonl"):
-            kept = [r for r in _read_jsonl(self.run_dir / name) if r["step"] <= self.global_step]
-            _write_jsonl(self.run_dir / name, kept)
+        if self.dist.is_main:
+            _write_jsonl(self.run_dir / "metrics.jsonl", self.history)
+            for name in ("steps.jsonl", "layer_stats.jsonl"):
+                kept = [r for r in _read_jsonl(self.run_dir / name) if r["step"] <= self.global_step]
+                _write_jsonl(self.run_dir / name, kept)
         diagnosis_path = self.run_dir / "diagnosis.json"
         if diagnosis_path.is_file():
             from cnnclinic.doctor import Finding
@@ -635,7 +678,8 @@ class Trainer:
             self.doctor.close()
         if self._steps_file is not None:
             self._steps_file.close()
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def _result(self) -> RunResult:
         best = self.run_dir / "checkpoints" / "best.safetensors"
@@ -645,7 +689,7 @@ class Trainer:
         return RunResult(
             run_dir=self.run_dir,
             history=list(self.history),
-            findings=self.findings(),
+            findings=self.dist.from_main(self.findings()),  # rank 0 decides (it also saw the data doctor)
             best_val_acc=self.best_val_acc,
             best_epoch=self.best_epoch,
             model=self.model,
@@ -681,6 +725,8 @@ class Trainer:
         )
 
     def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        if self.tensorboard is None:
+            return
         step = record["epoch"]
         scalars = {
             "loss/train": record["train_loss"],
