@@ -350,6 +350,7 @@ class Trainer:
                 thresholds=cfg.doctor.thresholds,
                 sample_every=cfg.doctor.sample_every,
                 on_finding=self._on_finding,
+                data_facts=self._class_data_facts,
             )
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
@@ -522,6 +523,12 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_finding(self, finding)
 
+    def _class_data_facts(self, class_name: str) -> dict[str, Any]:
+        """The data doctor's facts about one class, for the Doctor's lagging-class evidence."""
+        from cnnclinic.datadoctor import class_data_facts
+
+        return class_data_facts(self.data_report, class_name)
+
     def findings(self) -> list[Finding]:
         current = self.doctor.findings() if self.doctor is not None else []
         # Data findings come first; they replace any finding of the same key (the Doctor's class_imbalance
@@ -541,6 +548,7 @@ class Trainer:
             self.data_findings = []
             return
         report = inspect_data(self.bundle)
+        self.data_report = report
         self.data_findings: list[Finding] = report.findings
         for finding in self.data_findings:
             self.console.print(render_finding(finding))
@@ -549,7 +557,12 @@ class Trainer:
     def _write_doctor_files(self) -> None:
         if not self.dist.is_main:
             return
-        diagnosis = {"findings": [finding.to_dict() for finding in self.findings()]}
+        # "findings": active at the end of the run; "resolved": seen, then cleared for several epochs.
+        resolved = [f for f in self.doctor.findings(include_resolved=True) if not f.active] if self.doctor else []
+        diagnosis = {
+            "findings": [finding.to_dict() for finding in self.findings()],
+            "resolved": [finding.to_dict() for finding in resolved],
+        }
         atomic_write_bytes(self.run_dir / "diagnosis.json", json.dumps(diagnosis, indent=2).encode("utf-8"))
         if self.doctor is None:
             return

@@ -18,9 +18,10 @@ class Overfitting(Symptom):
 
     **Evidence.** Per epoch: mean training loss and accuracy (from the logits and targets passed to
     ``after_backward``) and the validation loss and accuracy. Reported when the validation loss has been
-    above its best (minimum) for at least ``patience`` epochs and is now at least ``min_val_loss_rise``
-    (relative) above it, the training loss is below its value at the best epoch, and - when training
-    accuracy is known - training accuracy exceeds validation accuracy by at least ``min_accuracy_gap``.
+    above its best (minimum) for at least ``patience`` epochs and has been at least ``min_val_loss_rise``
+    (relative) above it in each of the last two epochs, the training loss is below its value at the best
+    epoch, and - when training accuracy is known - training accuracy exceeds validation accuracy by at least
+    ``min_accuracy_gap``.
 
     **Prescriptions.** Dropout (``model.dropout=0.5``); weight decay (``train.weight_decay=0.0005``);
     stronger data augmentation; early stopping (``train.early_stopping_patience=3``), which keeps the best
@@ -42,8 +43,10 @@ class Overfitting(Symptom):
         best = min(epochs, key=lambda e: e.val_loss)  # type: ignore[arg-type,return-value]
         last = epochs[-1]
         since_best = last.epoch - best.epoch
-        rise = (last.val_loss - best.val_loss) / best.val_loss if best.val_loss else 0.0  # type: ignore[operator]
-        if since_best < t.patience or rise < t.min_val_loss_rise or last.train_loss >= best.train_loss:
+        rises = [(e.val_loss - best.val_loss) / best.val_loss if best.val_loss else 0.0 for e in epochs[-2:]]  # type: ignore[operator]
+        rise = rises[-1]
+        # Both of the last two epochs: one noisy validation epoch is no trend.
+        if since_best < t.patience or min(rises) < t.min_val_loss_rise or last.train_loss >= best.train_loss:
             return None
         gap = None
         if last.train_acc is not None and last.val_acc is not None:
