@@ -163,7 +163,13 @@ def test_every_symptoms_prescriptions_are_valid_config() -> None:
         for finding in setup().doctor.findings():
             for prescription in finding.prescriptions:
                 build_config(overrides=prescription.config)  # raises UserError on a bad key or value
-                assert prescription.restart == any(c.startswith("model.") for c in prescription.config)
+
+
+def test_only_architecture_changes_restart_from_fresh_weights() -> None:
+    assert Prescription(["model.activation=leaky_relu"], "").restart
+    assert Prescription(["model.batchnorm=true", "train.lr=0.01"], "").restart
+    assert not Prescription(["model.dropout=0.5"], "").restart  # adds no weight tensor
+    assert not Prescription(["train.loss=focal", "train.weight_decay=0.0005"], "").restart
 
 
 def test_class_name_with_comma_is_a_valid_strong_class_override() -> None:

@@ -180,6 +180,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# Model keys that add or remove no weight tensor: trained weights stay meaningful after the change
+# (dropout only changes what the head sees during training).
+WEIGHT_PRESERVING_MODEL_KEYS = frozenset({"model.dropout"})
+
+
+def needs_fresh_weights(changes: list[str]) -> bool:
+    """Whether config changes alter the architecture, so training must restart from fresh weights."""
+    return any(
+        key.startswith("model.") and key not in WEIGHT_PRESERVING_MODEL_KEYS
+        for key, _ in map(parse_override, changes)
+    )
+
+
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cnnclinic.config import needs_fresh_weights
+
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 
@@ -19,8 +21,8 @@ class Prescription:
 
     @property
     def restart(self) -> bool:
-        """Architecture changes (any ``model.`` key) need fresh weights; the others can continue training."""
-        return any(item.startswith("model.") for item in self.config)
+        """Architecture changes need fresh weights; the others (lr, loss, dropout, ...) can continue training."""
+        return needs_fresh_weights(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": list(self.config), "advice": self.advice, "restart": self.restart}

@@ -9,15 +9,11 @@ learning rate that ``training.lr_find.lr_range_test`` suggests.
 
 from __future__ import annotations
 
-from cnnclinic.config import Config, parse_override
+from cnnclinic.config import Config, needs_fresh_weights
 from cnnclinic.doctor import Finding, Prescription
 from cnnclinic.errors import UserError
 
 LR_RANGE_TEST = "train.lr=range_test"
-
-# Model keys that add or remove no weight tensor: trained weights stay meaningful, so a warm start is
-# allowed (dropout only changes what the head sees during training).
-WEIGHT_PRESERVING_MODEL_KEYS = frozenset({"model.dropout"})
 
 _RANGE_TEST = Prescription([LR_RANGE_TEST], "Use the learning rate an LR range test suggests (Smith 2017).")
 _ELU = Prescription(["model.activation=elu"], "Use ELU: smooth, non-zero slope for negative inputs.")
@@ -50,14 +46,6 @@ def prescriptions_for(finding: Finding) -> list[Prescription]:
             seen.add(key)
             ordered.append(prescription)
     return ordered
-
-
-def needs_fresh_weights(changes: list[str]) -> bool:
-    """Architecture changes restart from fresh weights; everything else may continue the trained ones."""
-    return any(
-        key.startswith("model.") and key not in WEIGHT_PRESERVING_MODEL_KEYS
-        for key, _ in map(parse_override, changes)
-    )
 
 
 def changes_config(cfg: Config, changes: list[str]) -> bool:
