@@ -228,3 +228,15 @@ def test_global_batch_must_split_evenly(tmp_path, one_process_group, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(UserError, match="divisible by the 3 processes"):
         train(build_config(overrides={**MATCH, "train.batch_size": 32}), tmp_path, console=quiet())
+
+
+def test_auto_repair_under_torchrun_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from cnnclinic import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["cnnclinic", "train", "--data", "digits", "--out", str(tmp_path), "--auto-repair"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error:") and "without torchrun" in err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written

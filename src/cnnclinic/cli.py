@@ -81,6 +81,8 @@ def train_command(
     repair = {"repair.enabled": True if auto_repair else None, "repair.max_attempts": max_attempts}
     cfg = cfg.with_overrides({key: value for key, value in repair.items() if value is not None})
 
+    if cfg.repair.enabled and "WORLD_SIZE" in os.environ:
+        raise UserError("--auto-repair moves attempt folders around and runs in one process: start it without torchrun")
     if cfg.repair.enabled and resume is None:
         from cnnclinic.repair import auto_repair as repair_run
 
