@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cnnclinic.cli import app
 from cnnclinic.demo import SCENARIOS
-from cnnclinic.demo.runner import DemoData, RunSummary, resolve_cure, scenario_config
+from cnnclinic.demo.runner import JUDGED_EPOCHS, DemoData, RunSummary, resolve_cure, scenario_config
 from cnnclinic.demo.scenarios import Scenario
 from cnnclinic.doctor import Finding, Prescription
+from cnnclinic.training.trainer import RunResult
 
 RUN_KEYS = {"findings", "train_acc", "val_acc", "class_auc"}
 
@@ -38,6 +40,30 @@ def test_cure_takes_the_doctors_values_and_keeps_the_rest() -> None:
     cure, from_doctor = resolve_cure(scenario, sick)
     assert cure == ["train.lr=0.0001", "train.schedule=cyclic", "model.batchnorm=true"]
     assert from_doctor == ["train.lr=0.0001", "train.schedule=cyclic"]
+
+
+def test_targeted_augmentation_is_for_the_hard_class_even_when_its_twin_was_named_first() -> None:
+    scenario = next(s for s in SCENARIOS if s.expected_symptom == "lagging_class")
+    scenario = Scenario(**{**scenario.__dict__, "cure": ("data.augment.strong_classes=[]", "train.loss=focal")})
+    sick = _summary([
+        _finding("lagging_class", [['data.augment.strong_classes=["bream"]'], ["train.loss=focal"]], "bream"),
+        _finding("lagging_class", [['data.augment.strong_classes=["species_x"]'], ["train.loss=focal"]], "species_x"),
+    ])
+    cure, _ = resolve_cure(scenario, sick, hard_class="species_x")
+    assert cure == ['data.augment.strong_classes=["species_x"]', "train.loss=focal"]
+
+
+def test_runs_are_judged_on_the_mean_of_their_last_epochs() -> None:
+    accuracies = [0.2, 0.9, 0.5, 0.6, 0.7][-(JUDGED_EPOCHS + 2):]
+    history = [
+        {"epoch": i + 1, "train_acc": 1.0, "val_acc": acc, "val_auc": {"bream": acc, "pike": 1.0}}
+        for i, acc in enumerate(accuracies)
+    ]
+    run = RunSummary.of(RunResult(Path("run"), history, [], None, None, torch.nn.Identity()), seconds=1.0)
+    expected = sum(accuracies[-JUDGED_EPOCHS:]) / JUDGED_EPOCHS
+    assert run.val_acc == accuracies[-1]  # the last epoch is still reported as such
+    assert run.recent_val_acc == pytest.approx(expected)
+    assert run.recent_class_auc == pytest.approx({"bream": expected, "pike": 1.0})
 
 
 def test_scenarios_use_the_users_folder_and_groups(tmp_path: Path) -> None:
