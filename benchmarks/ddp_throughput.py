@@ -88,7 +88,8 @@ def main() -> None:
     console = Console()
     console.print(
         f"{cfg.model.arch} depth {cfg.model.depth} width {cfg.model.width}, {cfg.data.image_size} px from "
-        f"{cfg.data.source}, global batch {cfg.train.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores"
+        f"{cfg.data.source}, global batch {cfg.train.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} (other jobs on the machine skew wall-clock rates)"
     )
     speeds: dict[int, list[float]] = {procs: [] for procs in args.procs}
     records: dict[int, dict] = {}
