@@ -73,7 +73,8 @@ class Doctor:
             raise UserError(f"Doctor: {len(names)} class_names given for num_classes={num_classes}")
         if data_facts is not None and not (callable(data_facts) or isinstance(data_facts, Mapping)):
             raise UserError(
-                f"Doctor: data_facts must be a mapping or a callable class name -> facts, got {type(data_facts).__name__}"
+                "Doctor: data_facts must be a mapping or a callable class name -> facts, "
+                f"got {type(data_facts).__name__}"
             )
         self.model = model
         self.optimizer = optimizer
@@ -110,6 +111,12 @@ class Doctor:
         self._arm(0)
 
     # ----------------------------------------------------------------------------------------- public
+    @property
+    def measuring(self) -> bool:
+        """The next forward pass is a sampled one: its activation hooks are in place (a trainer runs
+        that pass eagerly when it otherwise calls a torch.compile'd model, which cannot trace them)."""
+        return self._capture is not None
+
     @property
     def layer_history(self) -> list[dict[str, Any]]:
         """Sampled per-layer statistics, one dict per sampled step (see ``LayerSample``)."""
@@ -385,7 +392,8 @@ class Doctor:
             return
         # New, or back after it had resolved: either way news, dated from now.
         self._found[finding.key] = finding
-        is_echo = finding.symptom in ECHOES and any(f.symptom in ROOT_CAUSES and f.active for f in self._found.values())
+        active_root = any(f.symptom in ROOT_CAUSES and f.active for f in self._found.values())
+        is_echo = finding.symptom in ECHOES and active_root
         if self.on_finding is not None and not is_echo:
             self.on_finding(finding)
 

@@ -104,6 +104,11 @@ class TrainingHistory:
     def kinds_present(self) -> set[str]:
         return set(self.activation_kinds.values())
 
+    @property
+    def at_epoch_end(self) -> bool:
+        """Whether the checks run at the end of an epoch (epoch verdicts are not repeated at later steps)."""
+        return bool(self.epochs) and self.epochs[-1].epoch == self.epoch
+
     def main_path(self, values: dict[str, float]) -> dict[str, float]:
         """``values`` (per layer or activation) without the gating branches."""
         return {name: value for name, value in values.items() if name not in self.gate_members}

@@ -42,11 +42,11 @@ class LaggingClass(Symptom):
     below in AUC, or its recall is ``recall_gap`` below the others' median recall and its misses are
     ``recall_error_ratio`` times theirs (noisy labels: the ranking survives, the arg-max does not). In the
     first epoch and in epochs in which the training loss still fell by more than ``max_loss_drop`` only a
-    severe lag counts (AUC ``auc_gap`` behind, or the error-ratio rule with recall twice ``recall_gap`` behind): a class a little behind then
-    is merely learned later and catches up. Reported when the class lags in the latest epoch and in at least
-    two thirds of the persistence window: the last ``epochs`` epochs, extended back until they span
-    ``min_steps`` training steps (very short epochs). The partners are the classes it is most confused with
-    (both directions of the confusion matrix).
+    severe lag counts (AUC ``auc_gap`` behind, or the error-ratio rule with recall twice ``recall_gap``
+    behind): a class a little behind then is merely learned later and catches up. Reported when the class
+    lags in the latest epoch and in at least two thirds of the persistence window: the last ``epochs``
+    epochs, extended back until they span ``min_steps`` training steps (very short epochs). The partners
+    are the classes it is most confused with (both directions of the confusion matrix).
 
     When the data doctor ran before training (``Doctor(data_facts=...)``, wired by the trainer), the
     evidence holds what the data says about the class (``evidence.data``: image counts, blur rank,
@@ -75,8 +75,8 @@ class LaggingClass(Symptom):
 
     def _lagging(self, record: EpochRecord, t: Thresholds, learning_fast: bool) -> dict[str, dict]:
         """Lagging classes of one epoch -> their evidence. While the model still learns fast only a severe lag
-        counts (a wide AUC gap, or a clear AUC gap with a recall twice ``recall_gap`` behind): a class a little behind then is
-        merely learned later and catches up."""
+        counts (a wide AUC gap, or a clear AUC gap with a recall twice ``recall_gap`` behind): a class a
+        little behind then is merely learned later and catches up."""
         aucs = record.val_auc or {}
         counts = record.val_counts or []
         confusion = record.confusion or []
@@ -114,7 +114,7 @@ class LaggingClass(Symptom):
         return result
 
     def check(self, history: TrainingHistory, t: Thresholds) -> list[Finding]:
-        if not history.epochs or not history.epochs[-1].val_auc:
+        if not history.at_epoch_end or not history.epochs[-1].val_auc:
             return []
         window: list[EpochRecord] = []
         for record in reversed(history.epochs):

@@ -38,12 +38,15 @@ class Overfitting(Symptom):
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         epochs = [e for e in history.epochs if e.val_loss is not None and math.isfinite(e.val_loss)]
-        if len(epochs) < t.patience + 1:
+        if not history.at_epoch_end or len(epochs) < t.patience + 1:
             return None
         best = min(epochs, key=lambda e: e.val_loss)  # type: ignore[arg-type,return-value]
         last = epochs[-1]
         since_best = last.epoch - best.epoch
-        rises = [(e.val_loss - best.val_loss) / best.val_loss if best.val_loss else 0.0 for e in epochs[-2:]]  # type: ignore[operator]
+        rises = [
+            (e.val_loss - best.val_loss) / best.val_loss if best.val_loss else 0.0  # type: ignore[operator]
+            for e in epochs[-2:]
+        ]
         rise = rises[-1]
         # Both of the last two epochs: one noisy validation epoch is no trend.
         if since_best < t.patience or min(rises) < t.min_val_loss_rise or last.train_loss >= best.train_loss:
