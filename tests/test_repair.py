@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -19,6 +20,8 @@ from cnnclinic.errors import UserError
 from cnnclinic.repair import LR_RANGE_TEST, auto_repair, needs_fresh_weights, prescriptions_for
 from cnnclinic.repair import treatment as treatment_module
 from cnnclinic.repair.range_test import lr_from_range_test
+from cnnclinic.repair.treatment import AttemptRun, ValMetric, _RepairLoop
+from cnnclinic.training.trainer import RunResult
 
 # A small CNN on 2 species x 32 photos of 32 px that learns well above chance within 4 epochs. Two
 # classes cannot lag behind each other, so only the pathology a test provokes is found.
@@ -86,10 +89,10 @@ def test_each_pathology_is_repaired_automatically(symptom: str, tmp_path: Path) 
     assert first["trigger"]["symptom"] == symptom
     assert any(change.startswith(expected_change) for change in first["change"])
     assert first["start"] == expected_start
-    # Verified on the numbers: the symptom did not come back and the validation metric improved.
-    assert first["symptom_gone"] and first["cured"] and first["kept"]
-    before = (first["metric_before"], first["macro_auc_before"])
-    assert (first["metric_after"], first["macro_auc_after"]) > before
+    # Verified on the numbers: the symptom did not come back and the validation metric improved by more
+    # than the noise of the validation accuracy.
+    assert first["symptom_gone"] and first["cured"] and first["kept"] and first["verdict"] == "cured"
+    assert first["metric_after"] > first["metric_before"] + first["noise_margin"] > first["metric_before"]
     assert treatment["kept_attempt"] == 1
     assert treatment["epochs_spent"] <= treatment["epoch_budget"]
 
@@ -147,6 +150,85 @@ def test_a_healthy_run_is_never_touched(tmp_path: Path) -> None:
     assert config.model == tiny().model and config.train.lr == tiny().train.lr
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
     assert (run_dir / "report.html").is_file()
+
+
+def test_a_gain_within_the_noise_of_the_validation_accuracy_is_no_cure() -> None:
+    # 5 classes, 100 validation images: 0.20 -> 0.24 is 4 images, well inside two standard errors (0.08).
+    chance = ValMetric(0.20, 0.5, samples=100)
+    assert chance.noise == pytest.approx(0.08)
+    assert not ValMetric(0.24, 0.6, samples=100).beats(chance)
+    assert ValMetric(0.30, 0.6, samples=100).beats(chance)
+    # The same gain on 10,000 images is real.
+    assert ValMetric(0.24, 0.6, samples=10_000).beats(ValMetric(0.20, 0.5, samples=10_000))
+    # Never less than one image: a perfect score cannot be beaten by a tie.
+    assert not ValMetric(1.0, 1.0, samples=50).beats(ValMetric(1.0, 1.0, samples=50))
+
+
+LAGGING = [
+    Prescription(["train.loss=focal", "train.focal_alpha=balanced"], "Focal loss."),
+    Prescription(['data.augment.strong_classes=["pike"]'], "Augment pike."),
+    Prescription(["model.attention=se"], "SE attention."),
+]
+
+
+def scripted(monkeypatch, outcomes: dict[int, tuple[float, list[str]]]) -> list:
+    """Replace training by a script: attempt number -> (best val accuracy on 100 images, symptoms it shows);
+    returns the configurations trained, in order."""
+    trained = []
+
+    def fake_train(self, number, cfg, folder, *, treated, start_weights, epoch_offset, baseline=None):
+        accuracy, symptoms = outcomes[number]
+        findings = [Finding(s, "warning", 2, 9, {}, s, LAGGING, subject="pike") for s in symptoms]
+        # Every scripted run stops in its first epoch, at half of it.
+        result = RunResult(folder, [], findings, accuracy, None, torch.nn.Identity())
+        self.spent += 0.5
+        trained.append(cfg)
+        return AttemptRun(number, cfg, folder, result, findings[0] if findings else None,
+                          ValMetric(accuracy, 0.5, 100), epoch_offset, start_weights,
+                          None if baseline is None else baseline.number)
+
+    monkeypatch.setattr(_RepairLoop, "_train", fake_train)
+    return trained
+
+
+def test_a_cure_that_helps_is_kept_and_the_next_one_stacked_on_top(tmp_path: Path, monkeypatch) -> None:
+    # Focal loss gains noise only (rolled back); targeted augmentation helps but the class still lags (kept,
+    # stacked); SE attention on top of it cures.
+    trained = scripted(monkeypatch, {0: (0.50, ["lagging_class"]), 1: (0.53, ["lagging_class"]),
+                                     2: (0.65, ["lagging_class"]), 3: (0.80, [])})
+    result = auto_repair(tiny("repair.max_attempts=4", "repair.epoch_budget=4"), tmp_path / "run", console=quiet(),
+                         report=False)
+
+    attempts = result.treatment["attempts"]
+    assert [a["verdict"] for a in attempts] == ["rolled back", "helped", "cured"]
+    assert [a["builds_on"] for a in attempts] == [0, 0, 2]
+    assert attempts[0]["noise_margin"] == pytest.approx(0.1)
+    assert not attempts[0]["improved"] and attempts[1]["improved"] and not attempts[1]["symptom_gone"]
+    stacked = trained[3]
+    assert stacked.data.augment.strong_classes == ["pike"] and stacked.model.attention == "se"
+    assert stacked.train.loss == "cross_entropy"  # the rolled-back focal loss is not in it
+    assert result.treatment["kept_attempt"] == 3 and result.treatment["kept_chain"] == [0, 2, 3]
+    assert [a["kept"] for a in attempts] == [False, True, True]
+    final = build_config(result.treatment["final_config"])
+    assert final == tiny("repair.max_attempts=4", "repair.epoch_budget=4").with_overrides(
+        [*attempts[1]["change"], *attempts[2]["change"]]
+    )
+    assert json.loads((tmp_path / "run" / "treatment.json").read_text()) == result.treatment
+
+
+def test_the_budget_never_starts_an_attempt_it_cannot_pay_for_in_full(tmp_path: Path, monkeypatch) -> None:
+    # Every cure helps but the class keeps lagging. Budget 1.5 x 4 epochs: after the original run and
+    # attempt 1 (half an epoch each), attempt 2's 4 epochs do not fit next to the 4 that attempt 1 needs to
+    # train on to its end, so no attempt 2; attempt 1, the kept cure, trains (for real) all of its epochs.
+    scripted(monkeypatch, {n: (0.3 + 0.15 * n, ["lagging_class"]) for n in range(5)})
+    run_dir = tmp_path / "run"
+    result = auto_repair(tiny("repair.max_attempts=4"), run_dir, console=quiet(), report=False)
+    treatment = result.treatment
+    assert [a["verdict"] for a in treatment["attempts"]] == ["helped"]
+    assert treatment["completion"] == {"attempt": 1, "from_epoch": 0, "to_epoch": 4}
+    assert treatment["final"]["epochs_trained"] == 4 and len(result.run.history) == 4
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert treatment["epochs_spent"] == pytest.approx(5.0) and treatment["epochs_spent"] <= treatment["epoch_budget"]
 
 
 def test_auto_repair_options_are_checked(tmp_path: Path) -> None:

@@ -6,20 +6,28 @@ The loop (``auto_repair``):
    moment the Doctor raises a finding that auto-repair can treat (no wasted epochs). No finding: the run
    is left exactly as a plain ``train`` would leave it.
 2. Take the first untried prescription for that finding (see ``formulary``) and apply it as a config
-   change to the kept attempt's configuration. Changes that keep the weights meaningful (learning rate,
-   schedule, loss, sampling, augmentation, dropout, weight decay, early stopping) warm-start from the kept
-   attempt's best checkpoint, which was saved before the symptom stopped it, and train the epochs that
-   are left of ``train.epochs``; architecture changes start from fresh weights and train all of them.
-3. Verify on the numbers: the cure is kept when the treated symptom does not come back and the best
-   validation accuracy beats the kept attempt's (ties broken by macro AUC). Otherwise roll back to the
-   kept attempt and try the next prescription. A kept attempt that was itself stopped by a new finding
-   is treated in turn.
+   change on top of the kept attempt's configuration. Changes that keep the weights meaningful (learning
+   rate, schedule, loss, sampling, augmentation, dropout, weight decay, early stopping) warm-start from the
+   kept attempt's best checkpoint, which was saved before the symptom stopped it, and train the epochs
+   that are left of ``train.epochs``; architecture changes start from fresh weights and train all of them.
+3. Verify on the numbers. The metric is the best validation accuracy; it *improved* only when it beats
+   the kept attempt's by more than ``NOISE_SES`` binomial standard errors of that accuracy on the
+   validation set (with 100 images at 20%, 0.20 -> 0.24 is noise). Then:
+   - symptom gone (not among the Doctor's active findings) and metric improved: **cured**, kept;
+   - symptom still there but metric improved: **helped**, kept, and the next prescription for the same
+     finding is stacked on top of it (a lagging class is cured by a combination of cures);
+   - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
+   An attempt stops as soon as its treated symptom comes back, or when it has not beaten the kept
+   attempt after as many epochs as that one took to reach its best (at least one, at most half of its own). A kept attempt stopped by a new finding is treated
+   in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
-   (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) is spent.
+   (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
+   the next attempt's full epochs. A kept cure that a later finding stopped early is then trained on to the
+   end of its epochs, so the final model has trained as long as a plain run (budget is reserved for it).
 
 Every attempt trains in ``RUN_DIR/attempts/<n>/`` (the original run moves to ``attempts/0`` once a
 repair starts); at the end the kept attempt's files are copied to ``RUN_DIR`` and ``treatment.json``
-records what was tried, why and with what outcome.
+records what was tried, why, on top of what and with what outcome.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from cnnclinic.doctor import Finding, Prescription
 from cnnclinic.models import build_model
 from cnnclinic.repair.formulary import LR_RANGE_TEST, changes_config, needs_fresh_weights, prescriptions_for
 from cnnclinic.repair.range_test import lr_from_range_test
-from cnnclinic.training.checkpoint import atomic_write_bytes, load_weights, save_weights
+from cnnclinic.training.checkpoint import atomic_write_bytes, load_state, load_weights, save_weights
 from cnnclinic.training.metrics import classification_metrics
 from cnnclinic.training.trainer import RUN_FILES, RUN_FOLDERS, Callback, RunResult, Trainer
 
@@ -48,17 +56,30 @@ TREATMENT_FILE = "treatment.json"
 ATTEMPTS_FOLDER = "attempts"
 # Everything a training run writes into its run directory.
 RUN_CONTENTS = ("config.yaml", "data_summary.json", *RUN_FILES, *RUN_FOLDERS)
+# An accuracy gain counts when it exceeds this many binomial standard errors of the accuracy it is
+# compared with (two: a gain that chance alone gives in about 1 run of 40).
+NOISE_SES = 2.0
+
+Verdict = Literal["cured", "helped", "rolled back"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ValMetric:
-    """Best-epoch validation accuracy; macro AUC breaks ties (it is comparable across loss functions)."""
+    """Best-epoch validation accuracy on ``samples`` images, and the macro AUC of that epoch."""
 
     accuracy: float
     macro_auc: float
+    samples: int
+
+    @property
+    def noise(self) -> float:
+        """Accuracy differences below this are noise: ``NOISE_SES`` binomial standard errors, at least one image."""
+        p = self.accuracy
+        return max(NOISE_SES * math.sqrt(p * (1 - p) / self.samples), 1 / self.samples)
 
     def beats(self, other: ValMetric | None) -> bool:
-        return other is None or self > other
+        """Better than ``other`` by more than ``other``'s noise."""
+        return other is None or self.accuracy > other.accuracy + other.noise
 
 
 @dataclass
@@ -69,13 +90,15 @@ class AttemptRun:
     cfg: Config
     run_dir: Path
     result: RunResult
-    # The finding that stopped it for treatment; None when it ran to the end.
+    # The finding that stopped it for treatment; None when it ran to the end or stopped for lack of gain.
     stopped_by: Finding | None
     metric: ValMetric | None
-    # Epochs of training it cost (partial epochs count by their steps).
-    epochs_spent: float
     # Epochs its starting weights had already been trained for (0 for fresh weights).
     epoch_offset: int = 0
+    # The checkpoint it started from (None: fresh weights).
+    start_weights: Path | None = None
+    # The attempt whose configuration and weights it started from (None for the original run).
+    builds_on: int | None = None
 
     @property
     def best_weights(self) -> Path | None:
@@ -85,6 +108,17 @@ class AttemptRun:
     @property
     def trained_epochs_at_best(self) -> int:
         return self.epoch_offset + (self.result.best_epoch or 0)
+
+    @property
+    def resumable_epoch(self) -> int:
+        """The epoch its last checkpoint can resume from (0: none, it stopped inside its first epoch)."""
+        state = self.run_dir / "checkpoints" / "last.state.pt"
+        return int(load_state(state)["epoch"]) if state.is_file() else 0
+
+    @property
+    def epochs_left(self) -> int:
+        """Epochs of its own ``train.epochs`` that training it on to the end would cost."""
+        return self.cfg.train.epochs - self.resumable_epoch
 
     @property
     def finding_keys(self) -> set[tuple[str, str | None]]:
@@ -105,21 +139,34 @@ class RepairResult:
 
 
 class StopForTreatment(Callback):
-    """Stops the run at the first finding the repair loop wants to act on."""
+    """Stops an attempt at the first finding the repair loop wants to act on, or when it shows no gain.
 
-    def __init__(self, loop: _RepairLoop, treated: Finding | None):
+    ``baseline``: the kept attempt's metric; an attempt that has not beaten it after ``patience`` epochs
+    is stopped (None: never, for the original run)."""
+
+    def __init__(self, loop: _RepairLoop, treated: Finding | None, baseline: ValMetric | None, patience: int):
         self.loop = loop
         self.treated_key = treated.key if treated is not None else None
+        self.baseline = baseline
+        self.patience = patience
         self.finding: Finding | None = None
 
     def on_finding(self, trainer: Trainer, finding: Finding) -> None:
         if self.finding is not None:
             return
         # The treated symptom coming back means the cure failed: no point in training on.
-        if finding.key == self.treated_key or self.loop.can_treat(finding, trainer.cfg, trainer):
+        if finding.key == self.treated_key or self.loop.can_treat(finding, trainer, original=self.treated_key is None):
             self.finding = finding
             trainer.should_stop = True
             trainer.stop_reason = trainer.stop_reason or f"auto-repair: {finding.symptom} found"
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self.baseline is None or trainer.epoch < self.patience or trainer.should_stop:
+            return
+        best = ValMetric(trainer.best_val_acc or 0.0, 0.0, len(trainer.bundle.val))
+        if not best.beats(self.baseline):
+            trainer.should_stop = True
+            trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
 
 
 def auto_repair(
@@ -142,6 +189,7 @@ class _RepairLoop:
         self.spent = 0.0
         self.attempts: list[dict[str, Any]] = []
         self.tried: dict[tuple[str, str | None], set[tuple[str, ...]]] = {}
+        self.completion: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------ the loop
     def run(self) -> RepairResult:
@@ -161,18 +209,29 @@ class _RepairLoop:
             attempt = self._attempt(len(self.attempts) + 1, kept, pending, prescription)
             if attempt is None:
                 break
-            if self.attempts[-1]["cured"]:
+            if self.attempts[-1]["verdict"] != "rolled back":
+                # Cured: treat what stopped it next, if anything. Helped: the same finding (it came back)
+                # gets its next prescription on top of this attempt.
                 kept, pending = attempt, attempt.stopped_by
             self._write_treatment(kept, original)
         if pending is not None and len(self.attempts) >= self.cfg.repair.max_attempts:
             self.console.print(f"[yellow]auto-repair:[/] stopped after repair.max_attempts={len(self.attempts)}")
-        return self._finish(kept, original)
+        return self._finish(self._complete(kept), original)
 
     def _attempt(self, number: int, kept: AttemptRun, trigger: Finding, prescription: Prescription) -> AttemptRun | None:
-        """Train one cure; record it in ``self.attempts``; None when the budget cannot pay for it."""
+        """Train one cure on top of ``kept``; record it in ``self.attempts``; None when the budget cannot pay
+        for all of its epochs."""
         folder = self.run_dir / ATTEMPTS_FOLDER / str(number)
         changes = list(prescription.config)
         fresh = needs_fresh_weights(changes) or kept.best_weights is None
+        offset = 0 if fresh else kept.trained_epochs_at_best
+        # The epochs left of train.epochs, but at least half of them, so that the cure has time to show.
+        epochs = max(self.epochs - offset, math.ceil(self.epochs / 2))
+        if epochs > self.available_epochs(kept):
+            self.console.print(
+                f"[yellow]auto-repair:[/] the epoch budget (repair.epoch_budget) cannot pay for {epochs} more epochs"
+            )
+            return None
         start_weights = None if fresh else kept.best_weights
         if LR_RANGE_TEST in changes:
             probe_cfg = kept.cfg.with_overrides([c for c in changes if c != LR_RANGE_TEST])
@@ -180,47 +239,68 @@ class _RepairLoop:
             self.spent += found.epochs_spent
             changes = [f"train.lr={found.lr:g}" if c == LR_RANGE_TEST else c for c in changes]
             self.console.print(f"LR range test: {found.reason}", highlight=False)
-        offset = 0 if fresh else kept.trained_epochs_at_best
-        # The epochs left of train.epochs, but at least half of them, so that the cure has time to show.
-        wanted = max(self.epochs - offset, math.ceil(self.epochs / 2))
-        epochs = min(wanted, math.floor(self.budget - self.spent))
-        if epochs < 1:
-            self.console.print("[yellow]auto-repair:[/] the epoch budget (repair.epoch_budget) is spent")
-            return None
         cfg = kept.cfg.with_overrides([*changes, f"train.epochs={epochs}"])
         if start_weights is not None:
             start_weights = _transfer_weights(kept, cfg, folder / "start.safetensors")
-            fresh = start_weights is None
-            offset = 0 if fresh else offset
-        start: Literal["warm", "fresh"] = "fresh" if fresh else "warm"
+            offset = 0 if start_weights is None else offset
+        start: Literal["warm", "fresh"] = "fresh" if start_weights is None else "warm"
         self.console.rule(f"auto-repair attempt {number}: {trigger.symptom}", style="cyan")
+        on_top = "the original configuration" if kept.number == 0 else f"attempt {kept.number}"
         self.console.print(
-            f"applying {' '.join(changes)} ({prescription.advice}); {start} start, {epochs} epochs",
+            f"applying {' '.join(changes)} ({prescription.advice}) on top of {on_top}; {start} start, {epochs} epochs",
             highlight=False,
         )
-        attempt = self._train(number, cfg, folder, treated=trigger, start_weights=start_weights, epoch_offset=offset)
+        attempt = self._train(
+            number, cfg, folder, treated=trigger, start_weights=start_weights, epoch_offset=offset, baseline=kept
+        )
         symptom_gone = trigger.key not in attempt.finding_keys
         improved = attempt.metric is not None and attempt.metric.beats(kept.metric)
+        verdict: Verdict = "rolled back" if not improved else "cured" if symptom_gone else "helped"
         record = {
             "attempt": number,
             "trigger": trigger.to_dict(),
             "change": changes,
             "advice": prescription.advice,
+            "builds_on": kept.number,
             "start": start,
             "epochs": len(attempt.result.history),
             "symptom_gone": symptom_gone,
             "metric_before": _accuracy(kept.metric),
             "metric_after": _accuracy(attempt.metric),
+            "noise_margin": None if kept.metric is None else round(kept.metric.noise, 4),
             "macro_auc_before": _macro_auc(kept.metric),
             "macro_auc_after": _macro_auc(attempt.metric),
-            "cured": symptom_gone and improved,
+            "improved": improved,
+            "cured": verdict == "cured",
+            "verdict": verdict,
             "kept": False,
             "stopped_by": attempt.stopped_by.symptom if attempt.stopped_by is not None else None,
+            "stop_reason": attempt.result.stop_reason,
             "run_dir": str(folder.relative_to(self.run_dir)),
         }
         self.attempts.append(record)
         self._print_outcome(record)
         return attempt
+
+    def _complete(self, kept: AttemptRun) -> AttemptRun:
+        """Train a kept cure that a later finding stopped on to the end of its epochs (the cures for that
+        finding failed), so the final model has trained as long as a plain run of its configuration."""
+        if kept.number == 0 or kept.stopped_by is None or kept.stopped_by.severity == "critical" or kept.epochs_left < 1:
+            return kept
+        # Stopped inside its first epoch: nothing to resume, it starts again from its own start.
+        done = kept.resumable_epoch
+        resume = done > 0
+        self.console.rule(f"auto-repair: attempt {kept.number} trains on to its epoch {kept.cfg.train.epochs}", style="cyan")
+        trainer = Trainer(kept.cfg, kept.run_dir, console=self.console, init_weights=None if resume else kept.start_weights,
+                          report=False)
+        result = trainer.fit(resume=resume)
+        self.spent += len(result.history) - done
+        self.completion = {"attempt": kept.number, "from_epoch": done, "to_epoch": len(result.history)}
+        return AttemptRun(
+            number=kept.number, cfg=kept.cfg, run_dir=kept.run_dir, result=result, stopped_by=None,
+            metric=_best_metric(trainer, result), epoch_offset=kept.epoch_offset, start_weights=kept.start_weights,
+            builds_on=kept.builds_on,
+        )
 
     # ------------------------------------------------------------------------------ what to treat
     def next_prescription(self, finding: Finding, cfg: Config) -> Prescription | None:
@@ -231,25 +311,36 @@ class _RepairLoop:
                 return prescription
         return None
 
-    def can_treat(self, finding: Finding, cfg: Config, trainer: Trainer) -> bool:
-        """Worth stopping the run for: a cure is left to try, and attempts and budget to try it."""
+    def available_epochs(self, kept: AttemptRun) -> float:
+        """Epochs the budget leaves for a new attempt, keeping what ``kept`` (a cure) needs to train on to
+        its end should the attempt fail."""
+        reserve = kept.epochs_left if kept.number > 0 and kept.stopped_by is not None else 0
+        return self.budget - self.spent - reserve
+
+    def can_treat(self, finding: Finding, trainer: Trainer, *, original: bool) -> bool:
+        """Worth stopping the run for: a cure is left to try, and attempts and budget to try it (at least half
+        of train.epochs, beyond what a stopped cure needs to train on to its end)."""
         if finding.severity == "info" or len(self.attempts) >= self.cfg.repair.max_attempts:
             return False
         spent_now = self.spent + trainer.global_step / max(len(trainer.loaders.train), 1)
-        return self.budget - spent_now >= 1 and self.next_prescription(finding, cfg) is not None
+        reserve = 0 if original else trainer.cfg.train.epochs - trainer.epoch + 1
+        room = self.budget - spent_now - reserve
+        return room >= math.ceil(self.epochs / 2) and self.next_prescription(finding, trainer.cfg) is not None
 
     # ------------------------------------------------------------------------------------ training
     def _train(
         self, number: int, cfg: Config, folder: Path, *, treated: Finding | None, start_weights: Path | None,
-        epoch_offset: int,
+        epoch_offset: int, baseline: AttemptRun | None = None,
     ) -> AttemptRun:
-        stopper = StopForTreatment(self, treated)
+        # A cure gets as many epochs to beat the kept run as that run took to reach its best (at least one,
+        # at most half of its own): a cure that learns slower than the sick run is no cure.
+        patience = min(max(baseline.result.best_epoch or 1, 1), math.ceil(cfg.train.epochs / 2)) if baseline else 0
+        stopper = StopForTreatment(self, treated, baseline.metric if baseline is not None else None, patience)
         trainer = Trainer(
             cfg, folder, console=self.console, callbacks=[stopper], init_weights=start_weights, report=False
         )
         result = trainer.fit()
-        steps_per_epoch = max(len(trainer.loaders.train), 1)
-        self.spent += trainer.global_step / steps_per_epoch
+        self.spent += trainer.global_step / max(len(trainer.loaders.train), 1)
         return AttemptRun(
             number=number,
             cfg=cfg,
@@ -257,8 +348,9 @@ class _RepairLoop:
             result=result,
             stopped_by=stopper.finding,
             metric=_best_metric(trainer, result),
-            epochs_spent=trainer.global_step / steps_per_epoch,
             epoch_offset=epoch_offset,
+            start_weights=start_weights,
+            builds_on=baseline.number if baseline is not None else None,
         )
 
     def _move_to_attempts(self, original: AttemptRun) -> AttemptRun:
@@ -292,15 +384,33 @@ class _RepairLoop:
         kept.result.run_dir = self.run_dir
         return RepairResult(self.run_dir, kept.result, treatment, list(self.attempts))
 
+    def _chain(self, kept: AttemptRun) -> list[int]:
+        """The attempts whose changes the kept configuration holds, the original run (0) first."""
+        builds_on = {record["attempt"]: record["builds_on"] for record in self.attempts}
+        chain = [kept.number]
+        while chain[-1] != 0:
+            chain.append(builds_on[chain[-1]])
+        return chain[::-1]
+
     def _write_treatment(self, kept: AttemptRun, original: AttemptRun | None) -> dict[str, Any]:
         """treatment.json as it stands; ``original`` is None when the run needed no repair."""
+        chain = self._chain(kept)
         for record in self.attempts:
-            record["kept"] = record["attempt"] == kept.number
+            record["kept"] = record["attempt"] in chain
         treatment: dict[str, Any] = {
             "attempts": self.attempts,
             "kept_attempt": kept.number,
+            # The attempts whose changes are stacked in the kept configuration (0 = the original run).
+            "kept_chain": chain,
             # The configuration to train the cure from scratch (train.epochs as the user asked).
             "final_config": kept.cfg.with_overrides([f"train.epochs={self.epochs}"]).to_dict(),
+            "final": {
+                "metric": _accuracy(kept.metric),
+                "epochs_trained": kept.epoch_offset + len(kept.result.history),
+                "findings": sorted({f.symptom for f in kept.result.findings}),
+            },
+            # The kept attempt trained on to its end after later cures failed (None: not needed).
+            "completion": self.completion,
             "epochs_spent": round(self.spent, 3),
             "epoch_budget": self.budget,
         }
@@ -314,22 +424,28 @@ class _RepairLoop:
         return treatment
 
     def _print_outcome(self, record: dict[str, Any]) -> None:
-        verdict = "[green]cured, kept[/]" if record["cured"] else "[red]rolled back[/]"
+        verdict = {
+            "cured": "[green]cured, kept[/]",
+            "helped": "[cyan]helped, kept: the next cure is stacked on top[/]",
+            "rolled back": "[red]rolled back[/]",
+        }[record["verdict"]]
+        margin = "" if record["noise_margin"] is None else f" (noise ±{record['noise_margin']:.3f})"
         self.console.print(
             f"attempt {record['attempt']}: symptom {'gone' if record['symptom_gone'] else '[red]persists[/]'}, "
-            f"val acc {_shown(record['metric_before'])} -> {_shown(record['metric_after'])} "
-            f"(macro AUC {_shown(record['macro_auc_before'])} -> {_shown(record['macro_auc_after'])}): {verdict}"
+            f"val acc {_shown(record['metric_before'])} -> {_shown(record['metric_after'])}{margin}: {verdict}"
         )
 
     def _print_summary(self, kept: AttemptRun) -> None:
         table = Table(title="auto-repair", title_justify="left")
-        for column in ("attempt", "finding", "change", "start", "epochs", "symptom gone", "val acc", "kept"):
+        for column in ("attempt", "finding", "change", "on top of", "start", "epochs", "symptom gone", "val acc",
+                       "verdict", "kept"):
             table.add_column(column)
         for record in self.attempts:
             table.add_row(
-                str(record["attempt"]), record["trigger"]["symptom"], " ".join(record["change"]), record["start"],
-                str(record["epochs"]), "yes" if record["symptom_gone"] else "no",
-                f"{_shown(record['metric_before'])} -> {_shown(record['metric_after'])}",
+                str(record["attempt"]), record["trigger"]["symptom"], " ".join(record["change"]),
+                str(record["builds_on"]), record["start"], str(record["epochs"]),
+                "yes" if record["symptom_gone"] else "no",
+                f"{_shown(record['metric_before'])} -> {_shown(record['metric_after'])}", record["verdict"],
                 "[green]yes[/]" if record["kept"] else "",
             )
         self.console.print(table)
@@ -343,14 +459,15 @@ class _RepairLoop:
 # ---------------------------------------------------------------------------------------------- helpers
 def _best_metric(trainer: Trainer, result: RunResult) -> ValMetric | None:
     """The best epoch's validation metric; for a run stopped inside its first epoch, its weights' metric."""
+    samples = len(trainer.bundle.val)
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
     if best is not None:
-        return ValMetric(best["val_acc"], best["val_macro_auc"] or 0.0)
+        return ValMetric(best["val_acc"], best["val_macro_auc"] or 0.0, samples)
     logits, targets = trainer.predict_logits(trainer.loaders.val)
     if not torch.isfinite(logits).all():
         return None
     metrics = classification_metrics(torch.softmax(logits, dim=1).numpy(), targets.numpy(), trainer.class_names)
-    return ValMetric(metrics.accuracy, metrics.macro_auc or 0.0)
+    return ValMetric(metrics.accuracy, metrics.macro_auc or 0.0, samples)
 
 
 def _transfer_weights(source: AttemptRun, cfg: Config, path: Path) -> Path | None:
