@@ -188,17 +188,16 @@ class DistributedContext:
 
     # ------------------------------------------------------------------------------------- model
     def training_model(self, model: nn.Module, train_cfg: TrainConfig) -> nn.Module:
-        """The module the training steps call: ``model`` in NHWC if asked, wrapped in DDP, compiled if asked.
+        """The module the training steps call: ``model`` in NHWC if asked, wrapped in DDP when active.
 
         ``model`` itself stays the plain module (the Doctor's hooks, checkpoints and evaluation use it);
         its parameters are the ones DDP synchronises.
         """
         if train_cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        trained: nn.Module = model
-        if self.active:
-            trained = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return torch.compile(trained) if train_cfg.compile else trained  # type: ignore[return-value]
+        if not self.active:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def autocast(self, train_cfg: TrainConfig) -> AbstractContextManager[object]:
         """bf16 autocast of forward pass and loss when ``train.precision=bf16``; weights and grads stay fp32."""

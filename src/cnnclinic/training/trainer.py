@@ -329,8 +329,9 @@ class Trainer:
         self.loaders = self.dist.prepare_loaders(make_loaders(self.bundle, cfg), cfg)
         num_classes = len(self.class_names)
         self.model, self.criterion, self.optimizer = build_training_parts(cfg, self.bundle, self.device)
-        # What the training steps call (DDP, compiled); self.model stays the plain module.
+        # What the training steps call (DDP); self.model stays the plain module.
         self.train_model = self.dist.training_model(self.model, cfg.train)
+        self.compiled_model = torch.compile(self.train_model) if cfg.train.compile else self.train_model
         train_images = len(self.bundle.train)
         parameters = count_parameters(self.model)
         self.console.print(
@@ -397,8 +398,10 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             # MixUp/CutMix give soft targets; accuracy and the Doctor use their argmax.
             hard_targets = targets.argmax(dim=1) if targets.ndim == 2 else targets
+            # The Doctor's sampled passes run eagerly: torch.compile cannot trace its activation hooks.
+            measured = self.doctor is not None and self.doctor.measuring
             with self.dist.autocast(self.cfg.train):
-                logits = self.train_model(images)
+                logits = (self.train_model if measured else self.compiled_model)(images)
                 loss = self.criterion(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
