@@ -51,3 +51,27 @@ def test_bf16_channels_last_run_learns_and_its_checkpoint_is_ordinary(tmp_path):
     assert torch.allclose(
         torch.from_numpy(predict_probs(trained.model, images)), torch.from_numpy(predict_probs(result.model, images)), atol=1e-5
     )
+
+
+def test_compiled_model_never_runs_the_doctors_sampled_passes(tmp_path, monkeypatch):
+    # torch.compile cannot trace the Doctor's activation hooks; a stand-in records what the compiled model saw.
+    seen = {"calls": 0, "with_hooks": 0}
+
+    class CompiledStandIn(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen["calls"] += 1
+            hooked = any(m._forward_hooks for m in self.module.modules()) or torch._C._is_torch_function_mode_enabled()
+            seen["with_hooks"] += hooked
+            return self.module(images)
+
+    monkeypatch.setattr(torch, "compile", CompiledStandIn)
+    cfg = build_config(overrides={**FAST, "data.max_per_class": 40, "train.epochs": 2, "train.compile": True})
+    train(cfg, tmp_path, console=Console(file=io.StringIO()), report=False)
+    sampled = len((tmp_path / "layer_stats.jsonl").read_text().splitlines())
+    steps = len(step_losses(tmp_path))
+    assert sampled > 0 and seen["with_hooks"] == 0
+    assert seen["calls"] == steps - sampled  # every other step ran compiled
