@@ -17,8 +17,8 @@ The loop (``auto_repair``):
    - symptom still there but metric improved: **helped**, kept, and the next prescription for the same
      finding is stacked on top of it (a lagging class is cured by a combination of cures);
    - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
-   An attempt stops as soon as its treated symptom comes back, or when it has not beaten the kept
-   attempt after as many epochs as that one took to reach its best (at least one, at most half of its own). A kept attempt stopped by a new finding is treated
+   An attempt stops as soon as its treated symptom comes back, or when neither its accuracy nor its macro
+   AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A kept attempt stopped by a new finding is treated
    in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
@@ -80,6 +80,14 @@ class ValMetric:
     def beats(self, other: ValMetric | None) -> bool:
         """Better than ``other`` by more than ``other``'s noise."""
         return other is None or self.accuracy > other.accuracy + other.noise
+
+    def ranks_better(self, other: ValMetric | None) -> bool:
+        """Macro AUC beats ``other``'s by more than two binomial standard errors: an early sign of learning
+        (the ranking improves epochs before the arg-max does)."""
+        if other is None:
+            return True
+        auc = other.macro_auc
+        return self.macro_auc > auc + max(NOISE_SES * math.sqrt(auc * (1 - auc) / other.samples), 1 / other.samples)
 
 
 @dataclass
@@ -163,8 +171,9 @@ class StopForTreatment(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.baseline is None or trainer.epoch < self.patience or trainer.should_stop:
             return
-        best = ValMetric(trainer.best_val_acc or 0.0, 0.0, len(trainer.bundle.val))
-        if not best.beats(self.baseline):
+        best_auc = max((r["val_macro_auc"] or 0.0 for r in trainer.history), default=0.0)
+        best = ValMetric(trainer.best_val_acc or 0.0, best_auc, len(trainer.bundle.val))
+        if not (best.beats(self.baseline) or best.ranks_better(self.baseline)):
             trainer.should_stop = True
             trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
 
@@ -332,9 +341,8 @@ class _RepairLoop:
         self, number: int, cfg: Config, folder: Path, *, treated: Finding | None, start_weights: Path | None,
         epoch_offset: int, baseline: AttemptRun | None = None,
     ) -> AttemptRun:
-        # A cure gets as many epochs to beat the kept run as that run took to reach its best (at least one,
-        # at most half of its own): a cure that learns slower than the sick run is no cure.
-        patience = min(max(baseline.result.best_epoch or 1, 1), math.ceil(cfg.train.epochs / 2)) if baseline else 0
+        # A cure gets half of its epochs to beat the kept run (on accuracy or, earlier, on macro AUC).
+        patience = math.ceil(cfg.train.epochs / 2)
         stopper = StopForTreatment(self, treated, baseline.metric if baseline is not None else None, patience)
         trainer = Trainer(
             cfg, folder, console=self.console, callbacks=[stopper], init_weights=start_weights, report=False
