@@ -66,7 +66,7 @@ class LaggingClass(Symptom):
         error_ratio: float = field(default=10.0, metadata={"help": "(1 - AUC) / others' median (1 - AUC)"})
         min_gap: float = field(default=0.05, metadata={"help": "least AUC gap for the error-ratio rule"})
         recall_gap: float = field(default=0.3, metadata={"help": "recall below the others' median recall"})
-        recall_error_ratio: float = field(default=5.0, metadata={"help": "(1 - recall) / others' median"})
+        recall_error_ratio: float = field(default=8.0, metadata={"help": "(1 - recall) / others' median"})
         min_others_auc: float = field(default=0.8, metadata={"help": "others' median AUC (they are learned)"})
         min_class_samples: int = field(default=5, metadata={"help": "validation images of the class"})
         epochs: int = field(default=3, metadata={"help": "epochs in the persistence window"})
