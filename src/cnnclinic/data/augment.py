@@ -29,13 +29,16 @@ def _standard_transforms(cfg: AugmentConfig, image_size: int) -> list[v2.Transfo
 
 
 def strong_transform(image_size: int) -> v2.Transform:
-    """The harder pipeline for ``strong_classes``: crop, flip, colour jitter and TrivialAugment together."""
+    """The harder pipeline for ``strong_classes``: geometric only (crop, flip, rotation, shear).
+
+    Colour is left alone on purpose: a lagging class is often told from its look-alike by colour alone
+    (a fin's tint), and colour jitter or TrivialAugment's colour ops would erase that very cue.
+    """
     return v2.Compose(
         [
             v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
-            v2.TrivialAugmentWide(),
+            v2.RandomAffine(degrees=20, shear=10),
         ]
     )
 
