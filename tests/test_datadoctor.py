@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
@@ -127,6 +129,26 @@ def test_flipped_labels_are_found_from_out_of_sample_predictions(tmp_path):
     assert len(found & planted) / len(found) >= 0.5  # precision (measured 6 of 9: 3 photos are genuinely ambiguous)
     assert {item["predicted"] for item in issues.evidence["per_class"]["blue"]} == {"red"}
     assert class_data_facts(report, "blue")["confusion_partner"] == "red"
+
+
+def test_training_ends_with_the_label_check_in_diagnosis_json(tmp_path):
+    from cnnclinic.config import build_config
+    from cnnclinic.training.trainer import train
+
+    train_dir = _colour_classes(tmp_path / "train", 30, seed=5)
+    val = _colour_classes(tmp_path / "val", 25, seed=6)
+    flipped = sorted((val / "red").iterdir())[:6]
+    for path in flipped:
+        path.rename(val / "blue" / path.name)
+    cfg = build_config(overrides={
+        "data.source": str(train_dir), "data.val_dir": str(val), "data.image_size": 24, "model.depth": 2,
+        "model.width": 8, "model.head": [], "train.epochs": 6, "train.batch_size": 16, "train.lr": 0.01,
+    })
+    train(cfg, tmp_path / "run", console=Console(file=io.StringIO()), report=False)
+    diagnosis = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
+    (issues,) = [f for f in diagnosis["findings"] if f["symptom"] == "label_issues"]
+    found = {Path(item["path"]).name for item in issues["evidence"]["per_class"].get("blue", [])}
+    assert len(found & {path.name for path in flipped}) >= 4
 
 
 def test_inspect_command_writes_inspection_json(train_and_val, tmp_path):

@@ -62,6 +62,15 @@ def inspect_data(bundle: DataBundle, *, model_run: str | Path | None = None) -> 
     return InspectionReport(findings, view.class_statistics(), timings, measurements)
 
 
+def check_labels(bundle: DataBundle, run_dir: str | Path) -> list[Finding]:
+    """Only the ``label_issues`` check, from a finished run's out-of-sample validation predictions
+    (run by the trainer at the end of training)."""
+    view = DataView.from_bundle(bundle)
+    view.predictions = OutOfSamplePredictions.from_run(run_dir, len(view.class_names))
+    check = DATA_CHECKS["label_issues"]
+    return check().check(view, check.Thresholds())
+
+
 def class_data_facts(
     report: InspectionReport, class_name: str, *, confusion_partner: str | None = None
 ) -> dict[str, Any]:

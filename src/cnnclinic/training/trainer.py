@@ -310,6 +310,8 @@ class Trainer:
                 self._run_epochs()
             finally:
                 self._close()
+        if self.dist.is_main and (self.run_dir / "val_predictions.npz").is_file():
+            self._check_labels()
         if self.report and self.dist.is_main:
             # Imported here: the report reads finished runs through this module (load_trained_model).
             from cnnclinic.report import write_report
@@ -556,6 +558,17 @@ class Trainer:
         for finding in self.data_findings:
             self.console.print(render_finding(finding))
         self.console.print(f"data doctor: {len(report.findings)} finding(s) in {report.timings['total']:.1f} s")
+
+    def _check_labels(self) -> None:
+        """The data doctor's label check, now that a model's out-of-sample (validation) predictions exist."""
+        from cnnclinic.datadoctor import check_labels
+        from cnnclinic.doctor import render_finding
+
+        label_findings = check_labels(self.bundle, self.run_dir)
+        for finding in label_findings:
+            self.console.print(render_finding(finding))
+        self.data_findings = [f for f in self.data_findings if f.symptom != "label_issues"] + label_findings
+        self._write_doctor_files()
 
     def _write_doctor_files(self) -> None:
         if not self.dist.is_main:
