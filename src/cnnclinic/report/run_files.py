@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from cnnclinic.errors import UserError
+from cnnclinic.training.checkpoint import read_jsonl
 
 
 @dataclass
@@ -50,24 +51,6 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            # A run killed mid-write leaves a partial last line; everything before it is still good.
-            if number == len(lines):
-                break
-            raise UserError(f"{path} line {number} is not valid JSON") from None
-    return records
-
-
 def _read_predictions(path: Path) -> ValPredictions | None:
     if not path.is_file():
         return None
@@ -101,9 +84,9 @@ def load_run(run_dir: str | Path) -> RunFiles:
         run_dir=run_dir,
         config=config,
         data_summary=_read_json(summary_path) if summary_path.is_file() else {},
-        metrics=_read_jsonl(run_dir / "metrics.jsonl"),
-        steps=_read_jsonl(run_dir / "steps.jsonl"),
-        layer_stats=_read_jsonl(run_dir / "layer_stats.jsonl"),
+        metrics=read_jsonl(run_dir / "metrics.jsonl"),
+        steps=read_jsonl(run_dir / "steps.jsonl"),
+        layer_stats=read_jsonl(run_dir / "layer_stats.jsonl"),
         findings=(_read_json(diagnosis_path).get("findings") or []) if diagnosis_path.is_file() else [],
         predictions=_read_predictions(run_dir / "val_predictions.npz"),
         treatment=_read_json(treatment_path) if treatment_path.is_file() else None,

@@ -76,6 +76,28 @@ def append_lines(path: str | Path, lines: list[str]) -> None:
         os.fsync(handle.fileno())
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (metrics.jsonl, steps.jsonl, ...); [] when it does not exist.
+
+    A run killed mid-write leaves a partial last line: it is ignored. A bad line elsewhere means the file
+    is damaged, which is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise UserError(f"{path} line {number} is not valid JSON") from None
+    return records
+
+
 def _state_dict(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     # safetensors refuses shared storage (tied weights) and needs contiguous CPU tensors.

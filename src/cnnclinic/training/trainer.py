@@ -42,6 +42,7 @@ from cnnclinic.training.checkpoint import (
     capture_rng_state,
     load_state,
     load_weights,
+    read_jsonl,
     remove_partial_writes,
     restore_rng_state,
     save_state,
@@ -227,18 +228,6 @@ def resolve_device(name: str) -> torch.device:
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a run killed mid-write leaves a partial last line
-    return records
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -666,11 +655,11 @@ class Trainer:
         self.best_val_loss_at_best = state["best_val_loss_at_best"]
         self.early_stopping = dict(state["early_stopping"])
         # Drop whatever a crashed run wrote after its last checkpoint, so the files match the state.
-        self.history = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
+        self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
         if self.dist.is_main:
             _write_jsonl(self.run_dir / "metrics.jsonl", self.history)
             for name in ("steps.jsonl", "layer_stats.jsonl"):
-                kept = [r for r in _read_jsonl(self.run_dir / name) if r["step"] <= self.global_step]
+                kept = [r for r in read_jsonl(self.run_dir / name) if r["step"] <= self.global_step]
                 _write_jsonl(self.run_dir / name, kept)
         diagnosis_path = self.run_dir / "diagnosis.json"
         if diagnosis_path.is_file():
