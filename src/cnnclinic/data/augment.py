@@ -29,16 +29,17 @@ def _standard_transforms(cfg: AugmentConfig, image_size: int) -> list[v2.Transfo
 
 
 def strong_transform(image_size: int) -> v2.Transform:
-    """The harder pipeline for ``strong_classes``: geometric only (crop, flip, rotation, shear).
+    """The harder pipeline for ``strong_classes``: a mild crop-and-zoom and a flip, nothing else.
 
     Colour is left alone on purpose: a lagging class is often told from its look-alike by colour alone
-    (a fin's tint), and colour jitter or TrivialAugment's colour ops would erase that very cue.
+    (a fin's tint), and colour jitter or TrivialAugment's colour ops erase that very cue. Rotation and
+    shear are left out too: only this class would show their black corners, and the network learns the
+    corners as the class (measured on the demo's case 4: the twin's AUC fell from 0.97 to 0.82).
     """
     return v2.Compose(
         [
-            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomResizedCrop(image_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=20, shear=10),
         ]
     )
 
