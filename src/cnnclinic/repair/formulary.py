@@ -1,6 +1,9 @@
 """The cures auto-repair can apply for a finding, in the order it tries them.
 
-The Doctor's own prescriptions come first, in its order. After them come the other cures the analysis
+The Doctor's own prescriptions come first, in its order, except where the evidence says which works best:
+a lagging class that the data doctor found short of images (``small_class``, ``class_imbalance``) gets the
+cures that rebalance the classes (focal loss with balanced weights, class weights, oversampling) before
+targeted augmentation, which cannot make up for missing photos. After them come the other cures the analysis
 names for the same pathology that the Doctor does not list (ELU/PReLU swaps, class weights,
 oversampling, a simpler head, a learning rate from a range test), so every cure is available to
 auto-repair. ``train.lr=range_test`` is a marker, not a config value: auto-repair replaces it by the
@@ -36,8 +39,15 @@ SUPPLEMENTS: dict[str, list[Prescription]] = {
 }
 
 
+# Config keys of the cures that rebalance the classes.
+_REBALANCING = ("train.loss=", "train.focal_alpha=", "data.balanced_sampling=")
+# What the data doctor says about a class that rebalancing cures.
+_FEW_IMAGES = {"small_class", "class_imbalance"}
+
+
 def prescriptions_for(finding: Finding) -> list[Prescription]:
-    """The Doctor's prescriptions for ``finding`` followed by the supplements, without repeats."""
+    """The Doctor's prescriptions for ``finding`` followed by the supplements, without repeats; for a
+    lagging class short of images, the rebalancing cures first."""
     seen: set[tuple[str, ...]] = set()
     ordered = []
     for prescription in [*finding.prescriptions, *SUPPLEMENTS.get(finding.symptom, [])]:
@@ -45,6 +55,9 @@ def prescriptions_for(finding: Finding) -> list[Prescription]:
         if key not in seen:
             seen.add(key)
             ordered.append(prescription)
+    if finding.symptom == "lagging_class" and _FEW_IMAGES & set(finding.evidence.get("data", {}).get("data_findings") or []):
+        # sorted is stable: the Doctor's order is kept within both groups.
+        ordered.sort(key=lambda p: not any(c.startswith(_REBALANCING) for c in p.config))
     return ordered
 
 
