@@ -68,7 +68,7 @@ def _rebuilt(loader: DataLoader, **changes: object) -> DataLoader:
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process stands in the run. With ``active`` False (a plain run) every method is a no-op."""
+    """Where this process stands in the run. With ``active`` False (a plain run) the collectives are no-ops."""
 
     rank: int
     local_rank: int
