@@ -10,16 +10,20 @@ The loop (``auto_repair``):
    rate, schedule, loss, sampling, augmentation, dropout, weight decay, early stopping) warm-start from the
    kept attempt's best checkpoint, which was saved before the symptom stopped it, and train the epochs
    that are left of ``train.epochs``; architecture changes start from fresh weights and train all of them.
-3. Verify on the numbers. The metric is the best validation accuracy; it *improved* only when it beats
-   the kept attempt's by more than ``NOISE_SES`` binomial standard errors of that accuracy on the
-   validation set (with 100 images at 20%, 0.20 -> 0.24 is noise). Then:
+3. Verify on the numbers, on the metric the treated pathology is about (``judged_score``): a lagging
+   class on that class's one-vs-rest validation AUC (it is a small share of the validation photos, so
+   the overall accuracy hardly moves), overfitting on the mean validation accuracy of the last
+   ``RECENT_EPOCHS`` epochs (its damage shows late), everything else on the best validation accuracy.
+   The metric *improved* only when it beats the kept attempt's by more than ``NOISE_SES`` standard errors
+   of the kept attempt's value (binomial for an accuracy: with 100 images at 20%, 0.20 -> 0.24 is noise;
+   Hanley-McNeil for an AUC). Then:
    - symptom gone (not among the Doctor's active findings) and metric improved: **cured**, kept;
    - symptom still there but metric improved: **helped**, kept, and the next prescription for the same
      finding is stacked on top of it (a lagging class is cured by a combination of cures);
    - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
-   An attempt stops as soon as its treated symptom comes back, or when neither its accuracy nor its macro
-   AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A kept attempt stopped by a new finding is treated
-   in turn.
+   An attempt stops as soon as its treated symptom comes back, or when neither its judged metric, its
+   accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A
+   kept attempt stopped by a new finding is treated in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
    the next attempt's full epochs. A kept cure that a later finding stopped early is then trained on to the
@@ -35,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,23 +63,30 @@ RUN_CONTENTS = ("config.yaml", "data_summary.json", *RUN_FILES, *RUN_FOLDERS)
 # An accuracy gain counts when it exceeds this many binomial standard errors of the accuracy it is
 # compared with (two: a gain that chance alone gives in about 1 run of 40).
 NOISE_SES = 2.0
+# Overfitting is judged on the mean validation accuracy of this many last epochs.
+RECENT_EPOCHS = 3
 
 Verdict = Literal["cured", "helped", "rolled back"]
 
 
 @dataclass(frozen=True)
 class ValMetric:
-    """Best-epoch validation accuracy on ``samples`` images, and the macro AUC of that epoch."""
+    """Best-epoch validation accuracy on ``samples`` images, and the macro and per-class AUCs of that epoch.
+
+    ``class_counts``: validation images per class; ``recent_accuracy``: mean validation accuracy of the
+    last ``RECENT_EPOCHS`` epochs (None: no epoch finished)."""
 
     accuracy: float
     macro_auc: float
     samples: int
+    class_auc: dict[str, float] = field(default_factory=dict)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    recent_accuracy: float | None = None
 
     @property
     def noise(self) -> float:
         """Accuracy differences below this are noise: ``NOISE_SES`` binomial standard errors, at least one image."""
-        p = self.accuracy
-        return max(NOISE_SES * math.sqrt(p * (1 - p) / self.samples), 1 / self.samples)
+        return _accuracy_noise(self.accuracy, self.samples)
 
     def beats(self, other: ValMetric | None) -> bool:
         """Better than ``other`` by more than ``other``'s noise."""
@@ -86,8 +97,47 @@ class ValMetric:
         (the ranking improves epochs before the arg-max does)."""
         if other is None:
             return True
-        auc = other.macro_auc
-        return self.macro_auc > auc + max(NOISE_SES * math.sqrt(auc * (1 - auc) / other.samples), 1 / other.samples)
+        return self.macro_auc > other.macro_auc + _accuracy_noise(other.macro_auc, other.samples)
+
+
+@dataclass(frozen=True)
+class Score:
+    """The value of the metric an attempt is judged on, and the difference below which it is noise."""
+
+    metric_name: str
+    value: float
+    noise: float
+
+    def beats(self, other: Score | None) -> bool:
+        return other is None or self.value > other.value + other.noise
+
+
+def judged_score(metric: ValMetric, finding: Finding) -> Score:
+    """``metric`` on the yardstick of ``finding``'s pathology (see the module docstring)."""
+    subject = finding.subject
+    if finding.symptom == "lagging_class" and subject in metric.class_auc and metric.class_counts.get(subject):
+        positives = metric.class_counts[subject]
+        auc = metric.class_auc[subject]
+        return Score(f"val_auc[{subject}]", auc, _auc_noise(auc, positives, metric.samples - positives))
+    if finding.symptom == "overfitting" and metric.recent_accuracy is not None:
+        return Score(f"val_acc_last{RECENT_EPOCHS}", metric.recent_accuracy,
+                     _accuracy_noise(metric.recent_accuracy, metric.samples))
+    return Score("val_acc", metric.accuracy, metric.noise)
+
+
+def _accuracy_noise(p: float, samples: int) -> float:
+    """``NOISE_SES`` binomial standard errors of a share ``p`` of ``samples``, at least one image."""
+    return max(NOISE_SES * math.sqrt(p * (1 - p) / samples), 1 / samples)
+
+
+def _auc_noise(auc: float, positives: int, negatives: int) -> float:
+    """``NOISE_SES`` Hanley-McNeil (1982) standard errors of a one-vs-rest AUC, at least ``1 / positives``:
+    what one positive image moving past every negative changes."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / max(
+        positives * negatives, 1
+    )
+    return max(NOISE_SES * math.sqrt(max(variance, 0.0)), 1 / positives)
 
 
 @dataclass
@@ -154,6 +204,7 @@ class StopForTreatment(Callback):
 
     def __init__(self, loop: _RepairLoop, treated: Finding | None, baseline: ValMetric | None, patience: int):
         self.loop = loop
+        self.treated = treated
         self.treated_key = treated.key if treated is not None else None
         self.baseline = baseline
         self.patience = patience
@@ -171,9 +222,14 @@ class StopForTreatment(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if self.baseline is None or trainer.epoch < self.patience or trainer.should_stop:
             return
-        best_auc = max((r["val_macro_auc"] or 0.0 for r in trainer.history), default=0.0)
-        best = ValMetric(trainer.best_val_acc or 0.0, best_auc, len(trainer.bundle.val))
-        if not (best.beats(self.baseline) or best.ranks_better(self.baseline)):
+        now = _history_metric(trainer, trainer.history, trainer.best_epoch)
+        if now is None:
+            return
+        best = replace(now, macro_auc=max((r["val_macro_auc"] or 0.0 for r in trainer.history), default=0.0))
+        judged_gain = self.treated is not None and judged_score(best, self.treated).beats(
+            judged_score(self.baseline, self.treated)
+        )
+        if not (judged_gain or best.beats(self.baseline) or best.ranks_better(self.baseline)):
             trainer.should_stop = True
             trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
 
@@ -263,7 +319,9 @@ class _RepairLoop:
             number, cfg, folder, treated=trigger, start_weights=start_weights, epoch_offset=offset, baseline=kept
         )
         symptom_gone = trigger.key not in attempt.finding_keys
-        improved = attempt.metric is not None and attempt.metric.beats(kept.metric)
+        before = None if kept.metric is None else judged_score(kept.metric, trigger)
+        after = None if attempt.metric is None else judged_score(attempt.metric, trigger)
+        improved = after is not None and after.beats(before)
         verdict: Verdict = "rolled back" if not improved else "cured" if symptom_gone else "helped"
         record = {
             "attempt": number,
@@ -274,9 +332,13 @@ class _RepairLoop:
             "start": start,
             "epochs": len(attempt.result.history),
             "symptom_gone": symptom_gone,
-            "metric_before": _accuracy(kept.metric),
-            "metric_after": _accuracy(attempt.metric),
-            "noise_margin": None if kept.metric is None else round(kept.metric.noise, 4),
+            # The metric the verdict is based on (see judged_score), before and after, and its noise.
+            "metric_name": (before or after or Score("val_acc", 0.0, 0.0)).metric_name,
+            "metric_before": _rounded(before),
+            "metric_after": _rounded(after),
+            "noise_margin": None if before is None else round(before.noise, 4),
+            "val_acc_before": _accuracy(kept.metric),
+            "val_acc_after": _accuracy(attempt.metric),
             "macro_auc_before": _macro_auc(kept.metric),
             "macro_auc_after": _macro_auc(attempt.metric),
             "improved": improved,
@@ -440,12 +502,13 @@ class _RepairLoop:
         margin = "" if record["noise_margin"] is None else f" (noise ±{record['noise_margin']:.3f})"
         self.console.print(
             f"attempt {record['attempt']}: symptom {'gone' if record['symptom_gone'] else '[red]persists[/]'}, "
-            f"val acc {_shown(record['metric_before'])} -> {_shown(record['metric_after'])}{margin}: {verdict}"
+            f"{record['metric_name']} {_shown(record['metric_before'])} -> {_shown(record['metric_after'])}{margin}: "
+            f"{verdict}"
         )
 
     def _print_summary(self, kept: AttemptRun) -> None:
         table = Table(title="auto-repair", title_justify="left")
-        for column in ("attempt", "finding", "change", "on top of", "start", "epochs", "symptom gone", "val acc",
+        for column in ("attempt", "finding", "change", "on top of", "start", "epochs", "symptom gone", "judged on",
                        "verdict", "kept"):
             table.add_column(column)
         for record in self.attempts:
@@ -453,7 +516,8 @@ class _RepairLoop:
                 str(record["attempt"]), record["trigger"]["symptom"], " ".join(record["change"]),
                 str(record["builds_on"]), record["start"], str(record["epochs"]),
                 "yes" if record["symptom_gone"] else "no",
-                f"{_shown(record['metric_before'])} -> {_shown(record['metric_after'])}", record["verdict"],
+                f"{record['metric_name']} {_shown(record['metric_before'])} -> {_shown(record['metric_after'])}",
+                record["verdict"],
                 "[green]yes[/]" if record["kept"] else "",
             )
         self.console.print(table)
@@ -467,15 +531,35 @@ class _RepairLoop:
 # ---------------------------------------------------------------------------------------------- helpers
 def _best_metric(trainer: Trainer, result: RunResult) -> ValMetric | None:
     """The best epoch's validation metric; for a run stopped inside its first epoch, its weights' metric."""
-    samples = len(trainer.bundle.val)
-    best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
-    if best is not None:
-        return ValMetric(best["val_acc"], best["val_macro_auc"] or 0.0, samples)
+    metric = _history_metric(trainer, result.history, result.best_epoch)
+    if metric is not None:
+        return metric
     logits, targets = trainer.predict_logits(trainer.loaders.val)
     if not torch.isfinite(logits).all():
         return None
     metrics = classification_metrics(torch.softmax(logits, dim=1).numpy(), targets.numpy(), trainer.class_names)
-    return ValMetric(metrics.accuracy, metrics.macro_auc or 0.0, samples)
+    return ValMetric(metrics.accuracy, metrics.macro_auc or 0.0, len(targets), _defined(metrics.auc),
+                     _class_counts(trainer))
+
+
+def _history_metric(trainer: Trainer, history: list[dict[str, Any]], best_epoch: int | None) -> ValMetric | None:
+    """The validation metric of epoch ``best_epoch`` of ``history`` (None: no such epoch)."""
+    best = next((r for r in history if r["epoch"] == best_epoch), None)
+    if best is None:
+        return None
+    recent = [r["val_acc"] for r in history[-RECENT_EPOCHS:]]
+    return ValMetric(best["val_acc"], best["val_macro_auc"] or 0.0, len(trainer.bundle.val),
+                     _defined(best["val_auc"]), _class_counts(trainer), sum(recent) / len(recent))
+
+
+def _defined(aucs: dict[str, float | None] | None) -> dict[str, float]:
+    """The per-class AUCs that exist (a class without validation images has none)."""
+    return {name: auc for name, auc in (aucs or {}).items() if auc is not None}
+
+
+def _class_counts(trainer: Trainer) -> dict[str, int]:
+    counts = torch.bincount(trainer.bundle.val.targets, minlength=len(trainer.class_names))
+    return {name: int(count) for name, count in zip(trainer.class_names, counts)}
 
 
 def _transfer_weights(source: AttemptRun, cfg: Config, path: Path) -> Path | None:
@@ -500,6 +584,10 @@ def _transfer_weights(source: AttemptRun, cfg: Config, path: Path) -> Path | Non
 
 def _accuracy(metric: ValMetric | None) -> float | None:
     return None if metric is None else round(metric.accuracy, 4)
+
+
+def _rounded(score: Score | None) -> float | None:
+    return None if score is None else round(score.value, 4)
 
 
 def _macro_auc(metric: ValMetric | None) -> float | None:
