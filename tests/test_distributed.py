@@ -90,10 +90,13 @@ def _train_as_rank(
 def train_in_processes(
     cfg: Config, run_dir: Path, world_size: int = 2, resume: bool = False, callbacks: list[Callback] | None = None
 ) -> dict[int, tuple]:
-    """``train`` in ``world_size`` forked processes (torch already imported: no start-up cost) -> per rank
-    (finding symptoms, history, stop reason)."""
-    assert not dist.is_initialized(), "a forked process would inherit this process group"
-    context = multiprocessing.get_context("fork")
+    """``train`` in ``world_size`` processes -> per rank (finding symptoms, history, stop reason).
+
+    Forked from a clean fork server (torch preloaded: little start-up cost), not from this pytest process:
+    a plain fork copies whatever locks the suite's other threads hold at that moment and can hang."""
+    assert not dist.is_initialized(), "a child process must not inherit this process group"
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "cnnclinic.training.trainer"])
     results = context.Queue()
     port = free_port()
     processes = [
