@@ -92,7 +92,7 @@ def test_demo_rejects_bad_options_in_one_line(args: list[str], message: str, tmp
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_all_five_and_cures_the_first_three(tmp_path: Path) -> None:
+def test_quick_demo_reproduces_all_five_and_cures_the_first_three(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -113,14 +113,26 @@ def test_quick_demo_writes_all_five_and_cures_the_first_three(tmp_path: Path) ->
         improved = record["metric_after"] > record["metric_before"]
         reproduced = scenario.expected_symptom in sick_symptoms
         assert record["cured"] == (reproduced and scenario.expected_symptom not in treated_symptoms and improved)
-    # Cases 1-4 reproduce and the cure is the Doctor's own prescription; 1-3 are cured. Case 4's analysis
-    # cure does not lift the twin and case 5's sick run does not always overfit (README "The five case
-    # studies"), so neither is asserted cured.
+    # Every case reproduces (case 5's overfitting is found, then cleared by a dip of the val loss); in cases
+    # 1-4 the cure is the Doctor's own prescription; 1-3 are cured. Case 4's analysis cure does not lift the
+    # twin and case 5's does not beat the sick run (README "The five case studies"): not asserted cured.
+    assert all(r["reproduced"] for r in results), [(r["scenario"], r["sick"]["findings"]) for r in results]
     for record in results[:4]:
-        assert record["reproduced"], (record["scenario"], record["sick"]["findings"])
         assert record["cure_from_doctor"], "the cure should be the Doctor's own prescription"
     assert all(r["cured"] for r in results[:3]), [(r["scenario"], r["cured"]) for r in results]
     lagging = next(r for r in results if r["expected_symptom"] == "lagging_class")
     assert lagging["hard_class"] == "species_x"
     assert 'data.augment.strong_classes=["species_x"]' in lagging["cure_from_doctor"]  # targeted at the twin
     assert "cured" in result.output
+
+
+def test_a_symptom_that_cleared_up_later_still_counts_as_reproduced(tmp_path: Path) -> None:
+    from cnnclinic.demo.runner import ScenarioResult
+
+    (tmp_path / "diagnosis.json").write_text(json.dumps({"findings": [], "resolved": [{"symptom": "overfitting"}]}))
+    history = [{"epoch": 1, "train_acc": 0.9, "val_acc": 0.6, "val_auc": {}}]
+    sick = RunSummary.of(RunResult(tmp_path, history, [], None, None, torch.nn.Identity()), seconds=1.0)
+    overfitting = next(s for s in SCENARIOS if s.expected_symptom == "overfitting")
+    lagging = next(s for s in SCENARIOS if s.expected_symptom == "lagging_class")
+    assert ScenarioResult(overfitting, sick, sick, [], [], None).reproduced
+    assert not ScenarioResult(lagging, sick, sick, [], [], None).reproduced

@@ -64,6 +64,8 @@ class RunSummary:
     # Means over the last JUDGED_EPOCHS epochs (what a case is judged on).
     recent_val_acc: float | None = None
     recent_class_auc: dict[str, float] = field(default_factory=dict)
+    # Symptoms the Doctor found during the run and later saw clear up (diagnosis.json "resolved").
+    resolved_symptoms: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, result: RunResult, seconds: float) -> "RunSummary":
@@ -71,6 +73,8 @@ class RunSummary:
         recent = result.history[-JUDGED_EPOCHS:]
         accuracies = [r["val_acc"] for r in recent if r.get("val_acc") is not None]
         class_aucs = [r["val_auc"] for r in recent if r.get("val_auc")]
+        diagnosis = result.run_dir / "diagnosis.json"
+        resolved = json.loads(diagnosis.read_text()).get("resolved", []) if diagnosis.is_file() else []
         return cls(
             run_dir=result.run_dir,
             findings=list(result.findings),
@@ -83,6 +87,7 @@ class RunSummary:
                 name: statistics.fmean(aucs[name] for aucs in class_aucs if name in aucs)
                 for name in (class_aucs[-1] if class_aucs else {})
             },
+            resolved_symptoms=[finding["symptom"] for finding in resolved],
         )
 
     def has(self, symptom: str, subject: str | None = None) -> bool:
@@ -101,6 +106,7 @@ class RunSummary:
             "class_auc": self.class_auc,
             f"val_acc_last_{JUDGED_EPOCHS}_mean": self.recent_val_acc,
             f"class_auc_last_{JUDGED_EPOCHS}_mean": self.recent_class_auc,
+            "resolved_symptoms": self.resolved_symptoms,
             "seconds": round(self.seconds, 1),
         }
 
@@ -121,7 +127,9 @@ class ScenarioResult:
 
     @property
     def reproduced(self) -> bool:
-        return self.sick.has(self.scenario.expected_symptom)
+        # Found at some epoch counts, even when it cleared up later (a noisy val loss can end on a dip).
+        expected = self.scenario.expected_symptom
+        return self.sick.has(expected) or expected in self.sick.resolved_symptoms
 
     @property
     def symptom_gone(self) -> bool:
