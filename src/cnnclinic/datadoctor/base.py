@@ -8,13 +8,13 @@ have ``epoch=0, step=0``: they are known before the first step.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cnnclinic.doctor.finding import Finding
+from cnnclinic.doctor.symptoms.base import registrar
 
 if TYPE_CHECKING:
     from cnnclinic.datadoctor.view import DataView
-    from cnnclinic.doctor.finding import Finding
 
 
 class DataCheck:
@@ -23,19 +23,13 @@ class DataCheck:
     id: ClassVar[str]
     Thresholds: ClassVar[type]
 
-    def check(self, view: "DataView", thresholds: Any) -> "list[Finding]":
+    def check(self, view: "DataView", thresholds: Any) -> list[Finding]:
         raise NotImplementedError
+
+    def finding(self, **fields: Any) -> Finding:
+        """A Finding of this check; data findings are known before training: epoch 0, step 0."""
+        return Finding(symptom=self.id, epoch=0, step=0, **fields)
 
 
 DATA_CHECKS: dict[str, type[DataCheck]] = {}
-C = TypeVar("C", bound=type[DataCheck])
-
-
-def register(cls: C) -> C:
-    """Class decorator: add a data check to the registry under its ``id``."""
-    if not dataclasses.is_dataclass(cls.Thresholds):
-        raise TypeError(f"{cls.__name__}.Thresholds must be a dataclass")
-    if not inspect.getdoc(cls):
-        raise TypeError(f"{cls.__name__} needs a docstring: it is the check's documentation")
-    DATA_CHECKS[cls.id] = cls
-    return cls
+register = registrar(DATA_CHECKS, "check")

@@ -43,11 +43,8 @@ class ClassImbalance(DataCheck):
         if ratio < thresholds.ratio:
             return []
         return [
-            Finding(
-                symptom=self.id,
+            self.finding(
                 severity="warning",
-                epoch=0,
-                step=0,
                 evidence={"train_counts": counts, "imbalance_ratio": ratio, "rarest": rarest, "largest": largest},
                 explanation=(
                     f"{largest} has {ratio:.1f}x as many training images as {rarest} "

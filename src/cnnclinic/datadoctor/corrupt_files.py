@@ -37,11 +37,8 @@ class CorruptFiles(DataCheck):
         reasons = Counter(skipped.reason for skipped in view.skipped)
         count = len(view.skipped)
         return [
-            Finding(
-                symptom=self.id,
+            self.finding(
                 severity="warning",
-                epoch=0,
-                step=0,
                 evidence={
                     "skipped": count,
                     "by_reason": dict(reasons.most_common()),

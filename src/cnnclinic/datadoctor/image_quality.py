@@ -103,11 +103,8 @@ class ImageQuality(DataCheck):
             if "duplicates" in aspects:
                 prescriptions.append(Prescription([], f"Remove the exact duplicates within {name}."))
             findings.append(
-                Finding(
-                    symptom=self.id,
+                self.finding(
                     severity="warning" if set(aspects) - {"duplicates"} else "info",
-                    epoch=0,
-                    step=0,
                     subject=name,
                     evidence={"aspects": aspects, "class_stats": stats[name]},
                     explanation=(

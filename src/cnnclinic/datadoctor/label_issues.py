@@ -98,11 +98,8 @@ class LabelIssues(DataCheck):
         counts = Counter({name: len(items) for name, items in per_class.items()})
         summary = ", ".join(f"{n} {name}" for name, n in counts.most_common())
         return [
-            Finding(
-                symptom=self.id,
+            self.finding(
                 severity="warning",
-                epoch=0,
-                step=0,
                 evidence={
                     "suspicious": len(flagged),
                     "checked": len(predictions.targets),

@@ -95,11 +95,8 @@ class DataLeakage(DataCheck):
                 "--groups test-sample.csv --group-column video_name for the fish photos.",
             )
         return [
-            Finding(
-                symptom=self.id,
+            self.finding(
                 severity="warning",
-                epoch=0,
-                step=0,
                 evidence={
                     "val_share_with_train_twin": shares.get("val", {}).get("share"),
                     "example_pairs": [

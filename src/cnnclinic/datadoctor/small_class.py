@@ -53,11 +53,8 @@ class SmallClass(DataCheck):
             if short_val and not short_train:
                 prescriptions.append(Prescription(["data.val_fraction=0.3"], "Hold out more images for validation."))
             findings.append(
-                Finding(
-                    symptom=self.id,
+                self.finding(
                     severity="warning",
-                    epoch=0,
-                    step=0,
                     subject=name,
                     evidence={
                         "train_images": int(train[index]),

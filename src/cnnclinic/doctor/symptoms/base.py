@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cnnclinic.errors import UserError
@@ -25,18 +26,26 @@ class Symptom:
         raise NotImplementedError
 
 
+R = TypeVar("R", bound=type)
+
+
+def registrar(registry: dict[str, Any], what: str) -> Callable[[R], R]:
+    """A class decorator that adds a rule (a symptom, a data check) to ``registry`` under its ``id``,
+    after checking it documents itself: a Thresholds dataclass and a docstring."""
+
+    def register(cls: R) -> R:
+        if not dataclasses.is_dataclass(cls.Thresholds):
+            raise TypeError(f"{cls.__name__}.Thresholds must be a dataclass")
+        if not inspect.getdoc(cls):
+            raise TypeError(f"{cls.__name__} needs a docstring: it is the {what}'s documentation")
+        registry[cls.id] = cls
+        return cls
+
+    return register
+
+
 SYMPTOMS: dict[str, type[Symptom]] = {}
-S = TypeVar("S", bound=type[Symptom])
-
-
-def register(cls: S) -> S:
-    """Class decorator: add a symptom to the registry under its ``id``."""
-    if not dataclasses.is_dataclass(cls.Thresholds):
-        raise TypeError(f"{cls.__name__}.Thresholds must be a dataclass")
-    if not inspect.getdoc(cls):
-        raise TypeError(f"{cls.__name__} needs a docstring: it is the symptom's documentation")
-    SYMPTOMS[cls.id] = cls
-    return cls
+register = registrar(SYMPTOMS, "symptom")
 
 
 def resolve_thresholds(overrides: dict[str, dict[str, float]] | None) -> dict[str, Any]:
