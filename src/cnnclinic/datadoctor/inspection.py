@@ -24,6 +24,8 @@ class InspectionReport:
     timings: dict[str, float]
     # Measurements behind the findings (leakage shares, label-check coverage), also when nothing was found.
     measurements: dict[str, Any] = field(default_factory=dict)
+    # The measured data set, kept so a later check (labels, once a model exists) does not measure it again.
+    view: DataView | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
@@ -59,13 +61,14 @@ def inspect_data(bundle: DataBundle, *, model_run: str | Path | None = None) -> 
         timings[check_id] = time.perf_counter() - begun
     timings["total"] = time.perf_counter() - started
     measurements = {key: view.notes[key] for key in ("leakage", "label_check") if key in view.notes}
-    return InspectionReport(findings, view.class_statistics(), timings, measurements)
+    return InspectionReport(findings, view.class_statistics(), timings, measurements, view)
 
 
-def check_labels(bundle: DataBundle, run_dir: str | Path) -> list[Finding]:
-    """Only the ``label_issues`` check, from a finished run's out-of-sample validation predictions
-    (run by the trainer at the end of training)."""
-    view = DataView.from_bundle(bundle)
+def check_labels(report: InspectionReport, run_dir: str | Path) -> list[Finding]:
+    """Only the ``label_issues`` check, on the data ``report`` measured, from a finished run's
+    out-of-sample validation predictions (run by the trainer at the end of training)."""
+    view = report.view
+    assert view is not None, "check_labels needs the report of inspect_data"
     view.predictions = OutOfSamplePredictions.from_run(run_dir, len(view.class_names))
     check = DATA_CHECKS["label_issues"]
     return check().check(view, check.Thresholds())

@@ -553,7 +553,7 @@ class Trainer:
         from cnnclinic.datadoctor import check_labels
         from cnnclinic.doctor import render_finding
 
-        label_findings = check_labels(self.bundle, self.run_dir)
+        label_findings = check_labels(self.data_report, self.run_dir)
         for finding in label_findings:
             self.console.print(render_finding(finding))
         self.data_findings = [f for f in self.data_findings if f.symptom != "label_issues"] + label_findings
