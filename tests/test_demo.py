@@ -82,6 +82,7 @@ def test_scenarios_use_the_users_folder_and_groups(tmp_path: Path) -> None:
     [
         (["--groups", "g.csv"], "give --data too"),
         (["--data", "no-such-folder"], "not a folder"),
+        (["--case", "dying_relu", "--case", "sunburn"], "unknown case sunburn"),
     ],
 )
 def test_demo_rejects_bad_options_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -89,6 +90,14 @@ def test_demo_rejects_bad_options_in_one_line(args: list[str], message: str, tmp
 
     with pytest.raises(UserError, match=message):
         CliRunner().invoke(app, ["demo", "--out", str(tmp_path), *args], catch_exceptions=False)
+
+
+def test_cases_chosen_by_name_keep_the_demos_order() -> None:
+    from cnnclinic.demo import select_scenarios
+
+    chosen = select_scenarios(["overfitting", "vanishing_gradient"])
+    assert [s.name for s in chosen] == ["vanishing_gradient", "overfitting"]
+    assert select_scenarios([]) == SCENARIOS
 
 
 @pytest.mark.slow

@@ -276,6 +276,7 @@ def demo_command(
     data: Annotated[Path | None, typer.Option(help="Your image folder (one sub-folder per class) instead of synthetic fish.")] = None,
     groups: Annotated[Path | None, typer.Option(help="CSV giving each image of --data a group (e.g. its video).")] = None,
     group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    case: Annotated[list[str] | None, typer.Option(help="Run only this case (repeatable); default: all five.")] = None,
 ) -> None:
     """The five case studies: each pathology reproduced (sick run), named by the doctor and cured (treated run)."""
     if data is None and (groups is not None or group_column is not None):
@@ -286,9 +287,10 @@ def demo_command(
         raise UserError(f"--groups: file not found: {groups}")
     if (groups is None) != (group_column is None):
         raise UserError("--groups and --group-column go together (the CSV and the column that holds the group)")
-    from cnnclinic.demo import DemoData, run_demo
+    from cnnclinic.demo import DemoData, run_demo, select_scenarios
 
-    run_demo(out, quick=quick, data=DemoData(data, groups, group_column), console=console)
+    scenarios = select_scenarios(case or [])
+    run_demo(out, quick=quick, data=DemoData(data, groups, group_column), scenarios=scenarios, console=console)
 
 
 def main() -> None:

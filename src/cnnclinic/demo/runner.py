@@ -20,6 +20,7 @@ from rich.table import Table
 from cnnclinic.config import Config, build_config, parse_override
 from cnnclinic.demo.scenarios import BASE, SCENARIOS, Scenario
 from cnnclinic.doctor import Finding
+from cnnclinic.errors import UserError
 from cnnclinic.training.checkpoint import atomic_write_bytes
 from cnnclinic.training.trainer import RunResult, train
 
@@ -220,6 +221,15 @@ def run_scenario(scenario: Scenario, out: Path, data: DemoData, quick: bool, con
     console.rule(f"[bold]{scenario.title}[/]: treated run ({', '.join(cure)})")
     treated = _timed_train(sick_cfg.with_overrides(cure), out / scenario.name / "treated", console)
     return ScenarioResult(scenario, sick, treated, cure, from_doctor, hard_class)
+
+
+def select_scenarios(names: Sequence[str]) -> tuple[Scenario, ...]:
+    """The scenarios called ``names`` (all of them when empty), in the demo's order."""
+    known = {scenario.name for scenario in SCENARIOS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(f"--case: unknown case {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    return tuple(scenario for scenario in SCENARIOS if not names or scenario.name in names)
 
 
 def run_demo(
