@@ -206,3 +206,13 @@ def test_early_stopping_counts_epochs_without_a_lower_val_loss(fish_dir, tmp_pat
     assert not trainer.should_stop
     trainer._update_early_stopping(0.9)  # equal is not better
     assert trainer.should_stop and "early stopping" in trainer.stop_reason
+
+
+def test_a_fresh_run_clears_what_an_earlier_run_left_in_its_folder(fish_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "report.html").write_text("<p>an old run's verdict</p>")
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n' * 9)
+    train(tiny_config(fish_dir, **{"train.epochs": 1}), run_dir, console=quiet(), report=False)
+    assert not (run_dir / "report.html").exists()  # no stale verdict next to the new run's files
+    assert len(read_jsonl(run_dir / "metrics.jsonl")) == 1

@@ -57,8 +57,8 @@ from cnnclinic.training.optim import build_optimizer, build_scheduler
 if TYPE_CHECKING:
     from cnnclinic.doctor import Doctor, Finding
 
-# Files of the run directory this module writes (a fresh run removes stale ones first).
-RUN_FILES = ("metrics.jsonl", "steps.jsonl", "layer_stats.jsonl", "diagnosis.json", "val_predictions.npz")
+# Files of the run directory a run writes, its report included (a fresh run removes stale ones first).
+RUN_FILES = ("metrics.jsonl", "steps.jsonl", "layer_stats.jsonl", "diagnosis.json", "val_predictions.npz", "report.html")
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 # Room for metrics, step and layer logs, TensorBoard events and the report, beyond the checkpoints.
 LOG_SPACE_BYTES = 20 * 2**20
