@@ -38,11 +38,14 @@ from cnnclinic.repair import auto_repair
 from cnnclinic.repair.treatment import ValMetric
 from cnnclinic.training.trainer import train
 
-# Cases beyond the five of the analysis, on the demo's base set-up. Small batches give the loss-curve
-# symptoms enough steps to be seen.
+# Cases beyond the five of the analysis, on the demo's base set-up; each raises only its own symptom before
+# auto-repair stops it. LeakyReLU keeps too-large steps from killing ReLU units (dying_relu's case).
+# Exploding: SGD with momentum 0.9 at lr 2.0 overflows to NaN within 3 epochs. Oscillating: Adam at lr 0.02
+# (20x the healthy 1e-3) with batch 16 (25 steps an epoch, so the Doctor's 70-step window fills in epoch 3)
+# bounces the loss between ~1.1 and ~3.3 without diverging; at batch 8 it gets stuck flat instead.
 EXTRA_CASES = {
     "exploding_gradient": ["model.activation=leaky_relu", "train.optimizer=sgd", "train.lr=2.0", "train.epochs=6"],
-    "oscillating_loss": ["model.activation=leaky_relu", "train.lr=0.02", "train.batch_size=8", "train.epochs=6"],
+    "oscillating_loss": ["model.activation=leaky_relu", "train.lr=0.02", "train.batch_size=16", "train.epochs=6"],
     "saturated_activation": ["model.activation=sigmoid", "model.init=normal", "model.init_std=1.0", "train.epochs=6"],
 }
 

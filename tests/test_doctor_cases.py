@@ -258,9 +258,14 @@ def test_root_cause_not_echo_dead_relus() -> None:
     run = faulty_setups()["negative_bias_relu"][1]()
     assert run.symptoms == ["dying_relu"]
     assert run.get("dying_relu").evidence["dead_unit_fraction"] >= 0.9
+    # Units killed by a bias, not by the steps: the activation swap comes first.
+    assert not run.get("dying_relu").evidence["learning_rate_too_high"]
+    assert run.get("dying_relu").prescriptions[0].config == ["model.activation=leaky_relu"]
     burst = faulty_setups()["relu_lr_burst"][1]()  # a too-large LR kills the units, the loss goes flat
     assert burst.symptoms == ["dying_relu"]
-    assert burst.get("dying_relu").prescriptions[1].config == ["train.lr=0.1"]
+    # Steps that move a layer by a large share of its weights name the learning rate as the root cause.
+    assert burst.get("dying_relu").evidence["peak_update_ratio"] > 0.15
+    assert burst.get("dying_relu").prescriptions[0].config == ["train.lr=0.1", "model.activation=leaky_relu"]
 
 
 def test_loss_blow_up_without_nan_is_exploding_warning() -> None:

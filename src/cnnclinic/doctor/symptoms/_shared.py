@@ -15,6 +15,25 @@ def scaled_lr(history: TrainingHistory, factor: float) -> str:
     return f"train.lr={float(f'{value:.2g}'):g}"
 
 
+def smaller_lr(history: TrainingHistory) -> Prescription:
+    return Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10.")
+
+
+def peak_update_ratio(history: TrainingHistory) -> float | None:
+    """The largest measured update-to-weight ratio ‖Δw‖/‖w‖ of any layer at any sampled step after the
+    first (None: none measured yet). The first step is left out: Adam's bias-corrected first step moves
+    every weight by about the learning rate whatever the gradient, so it is large in healthy runs too."""
+    ratios = [r for s in history.samples if s.step > 0 for r in s.update_ratio.values() if not math.isnan(r)]
+    return max(ratios) if ratios else None
+
+
+def learning_rate_evidence(history: TrainingHistory, lr_update_ratio: float) -> dict[str, float | bool | None]:
+    """Whether the steps say the learning rate is too high: a layer moved by ``lr_update_ratio`` of its
+    weights in one step (healthy training moves them by ~1e-3..1e-2)."""
+    peak = peak_update_ratio(history)
+    return {"peak_update_ratio": peak, "learning_rate_too_high": peak is not None and peak >= lr_update_ratio}
+
+
 def activation_swap() -> Prescription:
     return Prescription(
         ["model.activation=leaky_relu"],

@@ -6,7 +6,7 @@ import numpy as np
 
 from cnnclinic.doctor.finding import Finding, Prescription
 from cnnclinic.doctor.history import TrainingHistory
-from cnnclinic.doctor.symptoms._shared import activation_swap, batchnorm, scaled_lr
+from cnnclinic.doctor.symptoms._shared import activation_swap, batchnorm, learning_rate_evidence, scaled_lr, smaller_lr
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
@@ -27,8 +27,19 @@ class DyingReLU(Symptom):
     the main path count: the narrow bottleneck of an attention gate (squeeze-and-excitation, CBAM) is often
     silent without blocking anything, since the gate still passes the features it scales.
 
+    **Root cause.** The largest update-to-weight ratio ‖Δw‖/‖w‖ of any layer at any sampled step after the
+    first (``peak_update_ratio``) tells a too-high learning rate from other causes (a negative bias, a bad
+    init): at ``lr_update_ratio`` (15% of a layer's weights in one step) or more, the learning rate killed
+    the units (``learning_rate_too_high``). Measured: healthy set-ups peak at 0.01-0.05 (the eight of
+    ``tests/test_doctor_cases.py``; the demo's base fish CNN at Adam 1e-3: 0.02), Adam 5e-3 at batch 8, which
+    trains to 77-98%, at 0.11; the demo's dying-ReLU case (Adam lr 0.05) at 0.38, SGD lr 1.0 with momentum
+    0.9 on digits at 0.49; units killed by a bias of -3 at 0.
+
     **Prescriptions.** LeakyReLU (``model.activation=leaky_relu``); a 10x smaller learning rate; He
-    initialisation; BatchNorm.
+    initialisation; BatchNorm. When the learning rate is the cause, a 10x smaller learning rate *together
+    with* LeakyReLU comes first: a leaky slope alone does not save units that the same large steps keep
+    pushing around (demo case, 5 epochs: LeakyReLU at lr 0.05 stays at 20% validation accuracy, LeakyReLU
+    at lr 0.005 reaches 80%), and the architecture change restarts from fresh weights, not dead ones.
     """
 
     id = "dying_relu"
@@ -38,6 +49,7 @@ class DyingReLU(Symptom):
         dead_unit_fraction: float = field(default=0.5, metadata={"help": "dead share of all ReLU units"})
         layer_dead_fraction: float = field(default=0.9, metadata={"help": "dead share of a single layer"})
         samples: int = field(default=3, metadata={"help": "consecutive sampled batches a unit stays zero"})
+        lr_update_ratio: float = field(default=0.15, metadata={"help": "peak update/weight ratio: LR is the cause"})
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         per_layer: dict[str, float] = {}
@@ -60,17 +72,28 @@ class DyingReLU(Symptom):
             "dead_fraction_per_layer": per_layer,
             "worst_layer": worst,
             "lr": history.lr,
+            **learning_rate_evidence(history, t.lr_update_ratio),
         }
+        prescriptions = [
+            activation_swap(),
+            smaller_lr(history),
+            Prescription(["model.init=he"], "Initialise with He (Kaiming) initialisation and zero biases."),
+            batchnorm(),
+        ]
+        why = ""
+        if evidence["learning_rate_too_high"]:
+            why = (f" Single steps moved a layer's weights by {evidence['peak_update_ratio']:.0%} (healthy: "
+                   "0.1-1%): the learning rate is too high and killed them.")
+            prescriptions.insert(0, Prescription(
+                [scaled_lr(history, 0.1), "model.activation=leaky_relu"],
+                "Divide the learning rate by 10 and use LeakyReLU, from fresh weights: smaller steps stop killing "
+                "units, and the leaky slope lets any that stall recover.",
+            ))
         return history.finding(
             self.id,
             "warning",
             evidence,
             f"{overall:.0%} of the ReLU units (and {per_layer[worst]:.0%} of layer '{worst}') output zero for "
-            "every input, so they pass no gradient and have stopped learning.",
-            [
-                activation_swap(),
-                Prescription([scaled_lr(history, 0.1)], "Use a 10x smaller learning rate."),
-                Prescription(["model.init=he"], "Initialise with He (Kaiming) initialisation and zero biases."),
-                batchnorm(),
-            ],
+            f"every input, so they pass no gradient and have stopped learning.{why}",
+            prescriptions,
         )

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from cnnclinic.doctor.finding import Finding, Prescription
 from cnnclinic.doctor.history import TrainingHistory
-from cnnclinic.doctor.symptoms._shared import scaled_lr
+from cnnclinic.doctor.symptoms._shared import learning_rate_evidence, smaller_lr
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
@@ -22,8 +22,17 @@ class OscillatingLoss(Symptom):
     consecutive changes flip direction, and the net change over the window is smaller than the swings
     (``max_trend`` times the summed absolute changes), i.e. there is no trend.
 
+    **Root cause.** The largest update-to-weight ratio ‖Δw‖/‖w‖ of any layer at any sampled step after the
+    first (``peak_update_ratio``): at ``lr_update_ratio`` (15% of a layer's weights in one step) or more, each
+    step overshoots and the learning rate is the cause (``learning_rate_too_high``); below it, the steps are
+    of a normal size and the swings come from a few large gradients of small, noisy batches. Measured on the
+    demo's fish CNN: Adam lr 0.02 at batch 16 (the benchmark's oscillating case) 0.31; Adam 5e-3 at batch 8,
+    also reported as oscillating, 0.11; healthy runs 0.01-0.05.
+
     **Prescriptions.** A 10x smaller learning rate (``train.lr``); gradient clipping; a cyclic schedule
-    whose lower bound is stable.
+    whose lower bound is stable. The learning rate cut comes first when the learning rate is the cause,
+    gradient clipping otherwise: at Adam 5e-3, batch 8, clipping reaches 94-96% validation accuracy and a 10x
+    cut 70-74% (seeds 0-1, 6 epochs).
     """
 
     id = "oscillating_loss"
@@ -35,6 +44,7 @@ class OscillatingLoss(Symptom):
         min_amplitude: float = field(default=0.1, metadata={"help": "mean swing / initial loss"})
         min_sign_changes: float = field(default=0.4, metadata={"help": "share of swings that flip direction"})
         max_trend: float = field(default=0.25, metadata={"help": "net change / summed absolute swings"})
+        lr_update_ratio: float = field(default=0.15, metadata={"help": "peak update/weight ratio: LR is the cause"})
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         needed = t.chunk_steps * t.chunks
@@ -58,16 +68,17 @@ class OscillatingLoss(Symptom):
             "trend_share": trend,
             "loss_range": [min(points), max(points)],
             "lr": history.lr,
+            **learning_rate_evidence(history, t.lr_update_ratio),
         }
+        clip = Prescription(["train.grad_clip=1.0"], "Clip the gradient norm to 1.")
+        steps, why = [clip, smaller_lr(history)], "a few large gradients of small, noisy batches throw it off"
+        if evidence["learning_rate_too_high"]:
+            steps, why = steps[::-1], "the learning rate is too high, each step overshoots"
         return history.finding(
             self.id,
             "warning",
             evidence,
             f"The loss keeps jumping up and down by about {amplitude:.0%} of its initial value without "
-            "improving: the learning rate is too high, each step overshoots.",
-            [
-                Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10."),
-                Prescription(["train.grad_clip=1.0"], "Clip the gradient norm to 1."),
-                Prescription(["train.schedule=cyclic"], "Use a cyclic schedule that also visits smaller rates."),
-            ],
+            f"improving: {why}.",
+            [*steps, Prescription(["train.schedule=cyclic"], "Use a cyclic schedule that also visits smaller rates.")],
         )
