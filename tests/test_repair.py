@@ -349,7 +349,8 @@ def test_a_lagging_class_short_of_images_is_rebalanced_before_it_is_augmented() 
     assert cures({})[:3] == [augment.config, focal.config, attention.config]
     assert cures({"data": {"data_findings": ["image_quality"]}})[0] == augment.config
     few = cures({"data": {"data_findings": ["small_class"]}})
-    # Focal loss, class weights and oversampling, then augmentation, then the rest in the Doctor's order.
-    assert few[:4] == [focal.config, ["train.loss=weighted_cross_entropy"], ["data.balanced_sampling=true"],
-                       augment.config]
+    # Class weights with oversampling (measured best), then focal loss, class weights and oversampling alone,
+    # then augmentation, then the rest in the Doctor's order.
+    assert few[:5] == [["train.loss=weighted_cross_entropy", "data.balanced_sampling=true"], focal.config,
+                       ["train.loss=weighted_cross_entropy"], ["data.balanced_sampling=true"], augment.config]
     assert few.index(attention.config) > few.index(augment.config)

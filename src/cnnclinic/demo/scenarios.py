@@ -90,17 +90,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         "focal loss, attention / EfficientNet and augmentation proposed",
         expected_symptom="lagging_class",
         how="species_x is a twin of bream that differs only by its small rust-red dorsal and pectoral fins and "
-        "has 80 photos against 200 of every other species; trained with class-weighted loss",
-        # Half the photos go to validation so the twin's AUC rests on 40 images, not 16 (20% of 80).
-        sick=("data.val_fraction=0.5", "model.batchnorm=true", "train.loss=weighted_cross_entropy", "train.epochs=12"),
-        # Focal loss, SE attention and targeted augmentation of the lagging class, as the analysis and the
-        # Doctor propose ("strong_classes=[]" stands for the Doctor's own choice of class). Measured on seed
-        # 0 (12 epochs), none of them lifts species_x above the sick run's 0.974: focal + SE + targeted
-        # augmentation 0.920, + balanced sampling 0.854, CBAM + targeted augmentation 0.970.
-        cure=("train.loss=focal", "train.focal_alpha=balanced", "model.attention=se", "data.augment.strong_classes=[]"),
+        "has 60 photos against 450 of every other species; plain cross-entropy",
+        # Half the photos validate: species_x's AUC rests on 30 images (noise margin ~0.09), it trains on 30
+        # against 225. Measured (species_x AUC, mean of the last 3 of 12 epochs, seeds 0/1/2): sick 0.85/0.90/
+        # 0.82, the others 0.98-1.0. The class weights and the oversampling do the work together: both
+        # 0.99/0.99/0.98 (lagging_class gone in seeds 0 and 1), class weights alone 0.97/0.97/0.95, oversampling
+        # alone 0.94/0.94/0.97 (both still lagging), focal loss (gamma 2) with balanced weights 0.91 (seed 0),
+        # 0.94 with oversampling, without weights 0.90. Targeted augmentation (crop + flip of species_x only)
+        # made it worse in every set-up tried (only species_x's training photos then look zoomed), and
+        # neither SE attention nor a wider CNN lifted it. Under class weights with fewer photos of species_x
+        # (15-20 to train on) no cure lifted it: the fin cue is then not learnable from the data.
+        sick=("data.val_fraction=0.5", "model.batchnorm=true", "train.epochs=12"),
+        # The Doctor's focal loss with balanced class weights, its focusing term off (gamma 0: exactly
+        # class-weighted cross-entropy, same numbers measured), plus oversampling of the rare species.
+        cure=("train.loss=focal", "train.focal_alpha=balanced", "train.focal_gamma=0", "data.balanced_sampling=true"),
         metric="hard_class_auc",
-        synthetic=("data.synthetic.hard_species=1", "data.synthetic.class_counts=[200, 80, 200, 200, 200]"),
-        quick=("train.epochs=8",),
+        synthetic=("data.synthetic.hard_species=1", "data.synthetic.class_counts=[450, 60, 450, 450, 450]"),
+        quick=("train.epochs=6",),
     ),
     Scenario(
         name="overfitting",
