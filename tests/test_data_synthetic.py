@@ -79,6 +79,19 @@ def test_hard_blur_blurs_only_the_hard_species(tmp_path: Path) -> None:
     assert _digests(blurred / "bream") == _digests(sharp / "bream")
 
 
+def test_mislabelled_photos_are_filed_under_another_species_unchanged(tmp_path: Path) -> None:
+    kwargs = dict(species=3, per_class=40, size=16, seed=5)
+    clean = _digests(generate_synthetic_fish(tmp_path / "clean", **kwargs))
+    noisy = _digests(generate_synthetic_fish(tmp_path / "noisy", mislabelled=0.25, **kwargs))
+    # The same photos (by name and bytes), some of them in another species' folder.
+    by_name = {path.split("/")[1]: digest for path, digest in noisy.items()}
+    assert by_name == {path.split("/")[1]: digest for path, digest in clean.items()}
+    moved = [path for path in noisy if not path.split("/")[1].startswith(path.split("/")[0] + "_")]
+    assert 0.1 * 120 < len(moved) < 0.4 * 120
+    assert generate_synthetic_fish(tmp_path / "again", mislabelled=0.25, **kwargs).is_dir()
+    assert _digests(tmp_path / "again") == noisy
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -88,6 +101,7 @@ def test_hard_blur_blurs_only_the_hard_species(tmp_path: Path) -> None:
         (dict(class_counts=[5, 5]), "needs 3 positive counts"),
         (dict(hard_species=0), "hard_species must be between 1 and 2"),
         (dict(seed=-1), "seed must be >= 0"),
+        (dict(mislabelled=1.0), "mislabelled must be a share"),
     ],
 )
 def test_bad_arguments_are_user_errors(tmp_path: Path, kwargs: dict, message: str) -> None:

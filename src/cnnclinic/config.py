@@ -35,6 +35,8 @@ class SyntheticFishConfig(_Section):
     # Index of a species that differs from species 0 only by fin colour (the analysis's "Species X").
     hard_species: int | None = None
     hard_blur: float = Field(0.0, ge=0.0, le=5.0)
+    # Share of photos filed under a wrong species, as in a folder scraped together (label noise).
+    mislabelled: float = Field(0.0, ge=0.0, lt=1.0)
     size: int = Field(64, ge=16, le=512)
     seed: int = 0
 

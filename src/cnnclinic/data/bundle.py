@@ -55,6 +55,7 @@ def synthetic_fish_folder(cfg: SyntheticFishConfig, console: Console | None = No
             class_counts=cfg.class_counts,
             hard_species=cfg.hard_species,
             hard_blur=cfg.hard_blur,
+            mislabelled=cfg.mislabelled,
             console=console,
         )
         os.replace(staging, folder)

@@ -215,6 +215,15 @@ def render_fish_photo(rng: np.random.Generator, recipe: Species, size: int, extr
     return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
 
 
+def _filed_under(roster: list[Species], index: int, mislabelled: float, rng: np.random.Generator) -> str:
+    """The species folder a photo of ``roster[index]`` is saved in: its own, or with probability ``mislabelled``
+    one of the others. A generator of its own, so the photos are the same bytes at any ``mislabelled``."""
+    if rng.random() >= mislabelled:
+        return roster[index].name
+    others = [recipe.name for number, recipe in enumerate(roster) if number != index]
+    return others[int(rng.integers(len(others)))]
+
+
 def _validate(
     species: int, per_class: int, size: int, seed: int, class_counts: list[int] | None, hard_species: int | None, hard_blur: float
 ) -> list[int]:
@@ -247,10 +256,16 @@ def generate_synthetic_fish(
     class_counts: list[int] | None = None,
     hard_species: int | None = None,
     hard_blur: float = 0.0,
+    mislabelled: float = 0.0,
     console: Console | None = None,
 ) -> Path:
-    """Write an ImageFolder of fish photos (PNG) into ``out_dir``; the same arguments give the same bytes."""
+    """Write an ImageFolder of fish photos (PNG) into ``out_dir``; the same arguments give the same bytes.
+
+    ``mislabelled``: each photo lands in another species' folder with this probability (its file name keeps
+    the species it shows)."""
     counts = _validate(species, per_class, size, seed, class_counts, hard_species, hard_blur)
+    if not 0 <= mislabelled < 1:
+        raise UserError(f"synthetic fish: mislabelled must be a share in [0, 1), got {mislabelled}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"synthetic fish: {out} already exists and is not an empty folder; choose a new one")
@@ -258,13 +273,14 @@ def generate_synthetic_fish(
     with progress_bar(console, "drawing fish") as progress:
         task = progress.add_task("fish", total=sum(counts))
         try:
+            for recipe in roster:
+                (out / recipe.name).mkdir(parents=True, exist_ok=True)
             for index, (recipe, count) in enumerate(zip(roster, counts)):
-                folder = out / recipe.name
-                folder.mkdir(parents=True, exist_ok=True)
                 extra_blur = hard_blur if index == hard_species else 0.0
                 for number in range(count):
                     # One generator per photo: changing one class's count leaves every other photo as it was.
                     rng = np.random.default_rng([seed, index, number])
+                    folder = out / _filed_under(roster, index, mislabelled, np.random.default_rng([seed, index, number, 1]))
                     render_fish_photo(rng, recipe, size, extra_blur).save(folder / f"{recipe.name}_{number:04d}.png")
                     progress.advance(task)
         except BaseException:
