@@ -8,9 +8,11 @@ exploding gradients, an oscillating loss and saturated activations, all on synth
    for all of ``train.epochs`` (early stopping off, so it is a run of the same length): the healthy run the
    user would have trained had they known the cure. A reference that stops early is flagged.
 
-A case is cured when the Doctor named the expected symptom in the sick run, auto-repair kept a cure, the
-symptom is not among the kept run's active findings, and its best validation accuracy beats the sick run's
-by more than the noise margin (``ValMetric.noise``: two binomial standard errors). The ratio is repair time /
+A case is cured when the Doctor named the expected symptom in the sick run and auto-repair treated it first,
+kept a cure, the symptom is not among the kept run's active findings, and the metric that pathology is
+judged on (treatment.json ``original.judged`` / ``final.judged``: a lagging class's AUC, overfitting's
+last-epochs mean accuracy, else the best validation accuracy) beats the sick run's by more than its noise
+margin (two standard errors). The ratio is repair time /
 healthy-run time (the goal: at most 1.5). CPU time is printed next to wall-clock time because the machine
 may be shared: it counts only this process's work. "other findings" lists what else the sick run raised
 before it was stopped: a case should provoke only its own pathology.
@@ -35,7 +37,6 @@ from cnnclinic.config import Config, build_config
 from cnnclinic.demo.runner import DemoData, scenario_config
 from cnnclinic.demo.scenarios import BASE, SCENARIOS
 from cnnclinic.repair import auto_repair
-from cnnclinic.repair.treatment import ValMetric
 from cnnclinic.training.trainer import train
 
 # Cases beyond the five of the analysis, on the demo's base set-up; each raises only its own symptom before
@@ -64,6 +65,7 @@ class Measured:
     changes: list[str]
     kept_attempt: int
     other_findings: list[str]
+    metric_name: str | None
     metric_before: float | None
     metric_after: float | None
     cured: bool
@@ -79,7 +81,7 @@ class Measured:
         return {
             "case": self.case.name, "expected_symptom": self.case.expected_symptom, "found": self.found,
             "changes": self.changes, "kept_attempt": self.kept_attempt, "other_findings": self.other_findings,
-            "metric_before": self.metric_before,
+            "metric_name": self.metric_name, "metric_before": self.metric_before,
             "metric_after": self.metric_after, "cured": self.cured, "repair_seconds": round(self.repair_wall, 2),
             "repair_cpu_seconds": round(self.repair_cpu, 2), "healthy_seconds": round(self.healthy_wall, 2),
             "healthy_cpu_seconds": round(self.healthy_cpu, 2), "time_ratio": round(self.repair_wall / self.healthy_wall, 3),
@@ -110,15 +112,19 @@ def measure(case: Case, out: Path) -> Measured:
     original = treatment.get("original", {})
     symptoms = [f["symptom"] for f in original.get("findings", [])]
     found = case.expected_symptom in symptoms
-    before = original.get("metric")
-    after = treatment["final"]["metric"]
-    val_images = sum(json.loads((repair_dir / "data_summary.json").read_text())["counts"]["val"].values())
-    improved = after is not None and (before is None or after > before + ValMetric(before, 0.0, val_images).noise)
+    # Judged on the yardstick of the first pathology auto-repair treated (treatment.json "judged"): a
+    # lagging class on its AUC, overfitting on the last epochs' mean accuracy, the rest on val accuracy.
+    judged_before, judged_after = original.get("judged"), treatment["final"].get("judged")
+    treated_first = judged_before is not None and judged_before["symptom"] == case.expected_symptom
+    before = None if judged_before is None else judged_before["value"]
+    after = None if judged_after is None else judged_after["value"]
+    improved = treated_first and after is not None and after > before + judged_before["noise"]
     gone = case.expected_symptom not in treatment["final"]["findings"]
     cured = found and treatment["kept_attempt"] > 0 and gone and improved
     return Measured(
         case, found, [" ".join(a["change"]) + f" ({a['verdict']})" for a in treatment["attempts"]],
-        treatment["kept_attempt"], sorted(set(symptoms) - {case.expected_symptom}), before, after, cured,
+        treatment["kept_attempt"], sorted(set(symptoms) - {case.expected_symptom}),
+        None if judged_before is None else judged_before["metric_name"], before, after, cured,
         repair_wall, repair_cpu, healthy_wall, healthy_cpu, (len(healthy.history), final.train.epochs),
         healthy.stop_reason,
     )
@@ -126,13 +132,13 @@ def measure(case: Case, out: Path) -> Measured:
 
 def table(results: list[Measured]) -> Table:
     view = Table(title="auto-repair on the faulty-case suite", title_justify="left")
-    for column in ("case", "found", "other findings", "attempts (changes)", "kept", "val acc", "cured", "repair s",
+    for column in ("case", "found", "other findings", "attempts (changes)", "kept", "judged metric", "cured", "repair s",
                    "healthy s (epochs)", "ratio", "cpu ratio"):
         view.add_column(column)
     for m in results:
         view.add_row(
             m.case.name, "yes" if m.found else "[red]no[/]", ", ".join(m.other_findings) or "-",
-            "; ".join(m.changes) or "-", str(m.kept_attempt), f"{m.metric_before} -> {m.metric_after}",
+            "; ".join(m.changes) or "-", str(m.kept_attempt), f"{m.metric_name} {m.metric_before} -> {m.metric_after}",
             "[green]yes[/]" if m.cured else "[red]no[/]", f"{m.repair_wall:.1f}",
             f"{m.healthy_wall:.1f} ({m.healthy_epochs[0]}/{m.healthy_epochs[1]})"
             + ("" if m.healthy_stop is None else f" [red]{m.healthy_stop}[/]"), f"{m.repair_wall / m.healthy_wall:.2f}",

@@ -20,7 +20,7 @@ from cnnclinic.errors import UserError
 from cnnclinic.repair import LR_RANGE_TEST, auto_repair, needs_fresh_weights, prescriptions_for
 from cnnclinic.repair import treatment as treatment_module
 from cnnclinic.repair.range_test import lr_from_range_test
-from cnnclinic.repair.treatment import AttemptRun, ValMetric, _RepairLoop, judged_score
+from cnnclinic.repair.treatment import AttemptRun, ValMetric, _RepairLoop, judged_score, starts_fresh
 from cnnclinic.training.trainer import RunResult
 
 # A small CNN on 2 species x 160 photos of 32 px that learns well above chance within 4 epochs. The 64
@@ -111,6 +111,9 @@ def test_each_pathology_is_repaired_automatically(symptom: str, tmp_path: Path) 
         symptom, "val_acc"
     )
     assert treatment["kept_attempt"] == 1
+    judged_before, judged_after = treatment["original"]["judged"], treatment["final"]["judged"]
+    assert judged_before["metric_name"] == judged_after["metric_name"] == first["metric_name"]
+    assert (judged_before["value"], judged_after["value"]) == (first["metric_before"], first["metric_after"])
     assert treatment["epochs_spent"] <= treatment["epoch_budget"]
 
     # RUN_DIR holds the kept attempt: its config, its checkpoints, its metrics.
@@ -249,6 +252,8 @@ def test_a_cure_that_helps_is_kept_and_the_next_one_stacked_on_top(tmp_path: Pat
     assert stacked.data.augment.strong_classes == ["pike"] and stacked.model.attention == "se"
     assert stacked.train.loss == "cross_entropy"  # the rolled-back focal loss is not in it
     assert result.treatment["kept_attempt"] == 3 and result.treatment["kept_chain"] == [0, 2, 3]
+    # The first pathology treated, judged on its yardstick before and after the whole repair.
+    assert result.treatment["original"]["judged"]["value"] == 0.5 and result.treatment["final"]["judged"]["value"] == 0.8
     assert [a["kept"] for a in attempts] == [False, True, True]
     final = build_config(result.treatment["final_config"])
     assert final == tiny("repair.max_attempts=4", "repair.epoch_budget=4").with_overrides(
@@ -328,6 +333,20 @@ def test_every_cure_of_the_analysis_is_available() -> None:
 )
 def test_architecture_changes_restart_from_fresh_weights(changes: list[str], fresh: bool) -> None:
     assert needs_fresh_weights(changes) is fresh
+
+
+def test_weights_a_too_large_learning_rate_left_at_chance_are_not_warm_started_from() -> None:
+    five_classes = {name: 20 for name in "abcde"}  # 100 validation images, chance 0.20, noise 0.08
+    at_chance, learned = ValMetric(0.28, 0.5, 100, class_counts=five_classes), ValMetric(0.45, 0.7, 100, class_counts=five_classes)
+    assert not at_chance.learned_something and learned.learned_something
+    # Always answering the big class scores 0.8 here: that is chance too.
+    assert not ValMetric(0.80, 0.5, 100, class_counts={"a": 80, "b": 20}).learned_something
+    too_high = Finding("oscillating_loss", "warning", 2, 9, {"learning_rate_too_high": True}, "swings", [])
+    small_steps = Finding("loss_stagnation", "warning", 2, 9, {}, "flat", [])
+    assert starts_fresh(["train.lr=0.002"], too_high, at_chance)
+    assert not starts_fresh(["train.lr=0.002"], too_high, learned)  # learned before it went wrong: kept
+    assert not starts_fresh(["train.lr=0.001"], small_steps, at_chance)  # tiny steps: weights are intact
+    assert starts_fresh(["model.activation=elu"], small_steps, learned)
 
 
 def test_lr_range_test_cure_gives_a_learning_rate_and_its_plot(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ The loop (``auto_repair``):
    change on top of the kept attempt's configuration. Changes that keep the weights meaningful (learning
    rate, schedule, loss, sampling, augmentation, dropout, weight decay, early stopping) warm-start from the
    kept attempt's best checkpoint, which was saved before the symptom stopped it, and train the epochs
-   that are left of ``train.epochs``; architecture changes start from fresh weights and train all of them.
+   that are left of ``train.epochs``; architecture changes start from fresh weights and train all of them,
+   and so does any change when a too-large learning rate left the kept checkpoint at chance (``starts_fresh``).
 3. Verify on the numbers, on the metric the treated pathology is about (``judged_score``): a lagging
    class on that class's one-vs-rest validation AUC (it is a small share of the validation photos, so
    the overall accuracy hardly moves), overfitting on the mean validation accuracy of the last
@@ -92,6 +93,14 @@ class ValMetric:
         """Better than ``other`` by more than ``other``'s noise."""
         return other is None or self.accuracy > other.accuracy + other.noise
 
+    @property
+    def learned_something(self) -> bool:
+        """Its accuracy beats always answering the most common validation class by more than noise."""
+        if not self.class_counts or self.samples <= 0:
+            return True
+        chance = max(self.class_counts.values()) / self.samples
+        return self.accuracy > chance + _accuracy_noise(chance, self.samples)
+
     def ranks_better(self, other: ValMetric | None) -> bool:
         """Macro AUC beats ``other``'s by more than two binomial standard errors: an early sign of learning
         (the ranking improves epochs before the arg-max does)."""
@@ -110,6 +119,16 @@ class Score:
 
     def beats(self, other: Score | None) -> bool:
         return other is None or self.value > other.value + other.noise
+
+
+def starts_fresh(changes: list[str], trigger: Finding, kept: ValMetric | None) -> bool:
+    """Whether a cure restarts from fresh weights rather than the kept attempt's best checkpoint: it changes
+    the architecture, or a too-large learning rate (the trigger's evidence) left that checkpoint at chance,
+    i.e. damaged (dead or saturated units, huge weights) with nothing learned worth keeping."""
+    if needs_fresh_weights(changes):
+        return True
+    damaged = bool(trigger.evidence.get("learning_rate_too_high"))
+    return damaged and kept is not None and not kept.learned_something
 
 
 def judged_score(metric: ValMetric, finding: Finding) -> Score:
@@ -288,10 +307,9 @@ class _RepairLoop:
         for all of its epochs."""
         folder = self.run_dir / ATTEMPTS_FOLDER / str(number)
         changes = list(prescription.config)
-        fresh = needs_fresh_weights(changes) or kept.best_weights is None
+        fresh = kept.best_weights is None or starts_fresh(changes, trigger, kept.metric)
         offset = 0 if fresh else kept.trained_epochs_at_best
-        # The epochs left of train.epochs, but at least half of them, so that the cure has time to show.
-        epochs = max(self.epochs - offset, math.ceil(self.epochs / 2))
+        epochs = self.attempt_epochs(offset)
         if epochs > self.available_epochs(kept):
             self.console.print(
                 f"[yellow]auto-repair:[/] the epoch budget (repair.epoch_budget) cannot pay for {epochs} more epochs"
@@ -388,15 +406,27 @@ class _RepairLoop:
         reserve = kept.epochs_left if kept.number > 0 and kept.stopped_by is not None else 0
         return self.budget - self.spent - reserve
 
+    def attempt_epochs(self, offset: int) -> int:
+        """Epochs an attempt trains that starts from weights trained for ``offset`` epochs: those left of
+        train.epochs, but at least half of them, so that the cure has time to show."""
+        return max(self.epochs - offset, math.ceil(self.epochs / 2))
+
     def can_treat(self, finding: Finding, trainer: Trainer, *, original: bool) -> bool:
-        """Worth stopping the run for: a cure is left to try, and attempts and budget to try it (at least half
-        of train.epochs, beyond what a stopped cure needs to train on to its end)."""
+        """Worth stopping the run for: a cure is left to try, and attempts and budget to pay for all of its
+        epochs (beyond what a stopped cure needs to train on to its end). A run stopped for a cure the budget
+        then cannot pay for would be lost."""
         if finding.severity == "info" or len(self.attempts) >= self.cfg.repair.max_attempts:
+            return False
+        prescription = self.next_prescription(finding, trainer.cfg)
+        if prescription is None:
             return False
         spent_now = self.spent + trainer.global_step / max(len(trainer.loaders.train), 1)
         reserve = 0 if original else trainer.cfg.train.epochs - trainer.epoch + 1
         room = self.budget - spent_now - reserve
-        return room >= math.ceil(self.epochs / 2) and self.next_prescription(finding, trainer.cfg) is not None
+        best = _history_metric(trainer, trainer.history, trainer.best_epoch)
+        fresh = best is None or starts_fresh(prescription.config, finding, best)
+        # The run's own best epoch; a cure's weights have trained longer, so this never underestimates.
+        return room >= self.attempt_epochs(0 if fresh else trainer.best_epoch or 0)
 
     # ------------------------------------------------------------------------------------ training
     def _train(
@@ -490,6 +520,11 @@ class _RepairLoop:
                 "metric": _accuracy(original.metric),
                 "findings": [finding.to_dict() for finding in original.result.findings],
             }
+            # The first pathology treated, on its own yardstick, before and after the whole repair.
+            first = original.stopped_by
+            if first is not None:
+                treatment["original"]["judged"] = _score_dict(original.metric, first)
+                treatment["final"]["judged"] = _score_dict(kept.metric, first)
         atomic_write_bytes(self.run_dir / TREATMENT_FILE, json.dumps(treatment, indent=2).encode("utf-8"))
         return treatment
 
@@ -584,6 +619,15 @@ def _transfer_weights(source: AttemptRun, cfg: Config, path: Path) -> Path | Non
 
 def _accuracy(metric: ValMetric | None) -> float | None:
     return None if metric is None else round(metric.accuracy, 4)
+
+
+def _score_dict(metric: ValMetric | None, finding: Finding) -> dict[str, Any] | None:
+    """``metric`` judged on ``finding``'s yardstick, for treatment.json (None: no epoch finished)."""
+    if metric is None:
+        return None
+    score = judged_score(metric, finding)
+    return {"symptom": finding.symptom, "subject": finding.subject, "metric_name": score.metric_name,
+            "value": round(score.value, 4), "noise": round(score.noise, 4)}
 
 
 def _rounded(score: Score | None) -> float | None:
