@@ -136,8 +136,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         # dropout + L2 on the wide CNN gave 48.1/63.5/62.3%, TrivialAugment + flips 61/57/64% (20 epochs).
         # The gap is a matter of epochs: at 20 epochs the wide CNN has memorised (train 91-100%) and
         # its val accuracy climbs back (66.1/63.2/58.1%) while the small one starts to overfit (65.1/62.1/68.5%):
-        # 15 epochs is chosen for the gap, which does not hold at every length.
-        cure=("model.dropout=0.5", "train.weight_decay=0.0005", "model.width=16", "model.head=[64]"),
+        # 15 epochs is chosen for the gap, which does not hold at every length. Label smoothing (0.1: the targets
+        # no longer ask for full confidence in a label that may be wrong) makes the quick gain hold in every seed:
+        # 12 epochs 52.9/58.5/56.3 -> 64.0/61.5/64.4%, 15 epochs 54.9/53.2/57.9 -> 67.1/61.1/65.5%. MixUp (alpha
+        # 0.4) instead: 12 epochs 64.9/59.6/61.1%.
+        cure=(
+            "model.dropout=0.5",
+            "train.weight_decay=0.0005",
+            "model.width=16",
+            "model.head=[64]",
+            "train.label_smoothing=0.1",
+        ),
         metric="val_acc",
         synthetic=("data.synthetic.mislabelled=0.2",),
         quick=("train.epochs=12",),
