@@ -51,11 +51,19 @@ PATHOLOGIES = {
         "train.lr=",
         "warm",
     ),
-    # Species 1 is the near-twin of species 0 (fin colour only): it lags while the third is learned.
+    # A rare twin, as in the demo's case 4: species 1 (species_x) differs from species 0 by its fin colour
+    # only and has 100 photos against 300; half validate, so its AUC rests on 50 photos (noise ~0.08). The
+    # demo's CNN (4 conv blocks with BatchNorm, 128-unit head). species_x lags from epoch 4-5; the data
+    # doctor says it is short of images, so class weights + oversampling come first, continuing from the
+    # kept weights. Measured (train.seed 0-3): species_x AUC 0.76/0.75/0.87/0.79 -> 0.97/0.99/1.00/0.96,
+    # val acc 0.84-0.85 -> 0.90-0.97, cured in all four, 5-6 s. Without BatchNorm and the larger head
+    # (TINY's CNN) the twin is barely learnt (bream AUC ~0.9) and, with three species, bream is flagged
+    # as lagging once species_x is cured (seeds 0 and 1).
     "lagging_class": (
-        ["data.synthetic.species=3", "data.synthetic.hard_species=1", "data.synthetic.per_class=100",
+        ["data.synthetic.species=3", "data.synthetic.hard_species=1", "data.synthetic.class_counts=[300, 100, 300]",
+         "data.val_fraction=0.5", "model.depth=4", "model.head=[128]", "model.batchnorm=true", "train.lr=0.001",
          "train.epochs=10"],
-        "data.augment.strong_classes=",
+        "train.loss=weighted_cross_entropy",
         "warm",
     ),
     # Dropout adds no weights, so the cure continues from the best epoch before the symptom. 40 photos per
@@ -78,10 +86,8 @@ def tiny(*overrides: str):
     return build_config(overrides=[*TINY, *overrides])
 
 
-# Each attempt is judged on its pathology's metric, and these two first cures do not beat its noise margin
-# (measured, seed 0): lagging_class on val_auc[species_x] 0.786 -> 0.751 (noise 0.135 with 20 validation
-# photos of species_x); with 40 of them (data.val_fraction=0.4) the Doctor finds oscillating loss before
-# any lag, and with 120 photos a species no class lags. overfitting on the mean val accuracy of the last 3
+# Each attempt is judged on its pathology's metric, and this first cure does not beat its noise margin
+# (measured, seed 0): overfitting on the mean val accuracy of the last 3
 # epochs 0.728 -> 0.706 (noise 0.115, dropout + cosine warm-started at epoch 9): the Doctor finds it only at
 # epoch 12 of 12, when the last 3 epochs (0.72-0.73) are still as good as the best (0.75), so no cure can
 # beat them by the margin. On the demo's case 5 (repair_cost --quick) the same cure is verified, 3 seeds.
@@ -91,7 +97,7 @@ NOT_YET_CURED = pytest.mark.xfail(reason="first cure gains less than the noise m
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "symptom",
-    [pytest.param(s, marks=NOT_YET_CURED) if s in {"lagging_class", "overfitting"} else s for s in PATHOLOGIES],
+    [pytest.param(s, marks=NOT_YET_CURED) if s == "overfitting" else s for s in PATHOLOGIES],
 )
 def test_each_pathology_is_repaired_automatically(symptom: str, tmp_path: Path) -> None:
     sick, expected_change, expected_start = PATHOLOGIES[symptom]
