@@ -101,7 +101,7 @@ def test_cases_chosen_by_name_keep_the_demos_order() -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_reproduces_all_five_and_cures_the_first_three(tmp_path: Path) -> None:
+def test_quick_demo_reproduces_and_cures_all_five(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
