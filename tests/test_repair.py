@@ -364,20 +364,3 @@ def test_lr_range_test_cure_gives_a_learning_rate_and_its_plot(tmp_path: Path) -
     assert cfg.with_overrides([f"train.lr={found.lr:g}"]).train.lr == found.lr
     assert found.epochs_spent > 0
     assert (tmp_path / "lr.png").stat().st_size > 0
-
-
-def test_a_lagging_class_short_of_images_is_rebalanced_before_it_is_augmented() -> None:
-    augment, focal, attention = LAGGING[1], LAGGING[0], LAGGING[2]  # the Doctor's order: augmentation first
-
-    def cures(evidence: dict) -> list[list[str]]:
-        finding = Finding("lagging_class", "warning", 3, 90, evidence, "pike lags", [augment, focal, attention])
-        return [p.config for p in prescriptions_for(finding)]
-
-    assert cures({})[:3] == [augment.config, focal.config, attention.config]
-    assert cures({"data": {"data_findings": ["image_quality"]}})[0] == augment.config
-    few = cures({"data": {"data_findings": ["small_class"]}})
-    # Class weights with oversampling (measured best), then focal loss, class weights and oversampling alone,
-    # then augmentation, then the rest in the Doctor's order.
-    assert few[:5] == [["train.loss=weighted_cross_entropy", "data.balanced_sampling=true"], focal.config,
-                       ["train.loss=weighted_cross_entropy"], ["data.balanced_sampling=true"], augment.config]
-    assert few.index(attention.config) > few.index(augment.config)

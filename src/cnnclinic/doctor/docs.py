@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
-import sys
 from pathlib import Path
 
 from cnnclinic.doctor.symptoms import SYMPTOMS
@@ -50,8 +50,9 @@ def render_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else Path("docs/symptoms.md")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, default=Path("docs/symptoms.md"))
+    path = parser.parse_args(argv).path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_markdown(), encoding="utf-8")
     print(f"wrote {path}")

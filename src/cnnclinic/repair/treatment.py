@@ -22,9 +22,11 @@ The loop (``auto_repair``):
    - symptom still there but metric improved: **helped**, kept, and the next prescription for the same
      finding is stacked on top of it (a lagging class is cured by a combination of cures);
    - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
-   An attempt stops as soon as its treated symptom comes back, or when neither its judged metric, its
-   accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A
-   kept attempt stopped by a new finding is treated in turn.
+   An attempt stops at the end of the epoch in which its treated symptom comes back, unless it already
+   beats the kept attempt on that pathology's yardstick (a rebalanced lagging class catches up over
+   several epochs, lagging all the while); it also stops when neither its judged metric, its accuracy nor
+   its macro AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A kept attempt
+   stopped by a new finding is treated in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
    the next attempt's full epochs. A kept cure that a later finding stopped early is then trained on to the
@@ -219,7 +221,9 @@ class StopForTreatment(Callback):
     """Stops an attempt at the first finding the repair loop wants to act on, or when it shows no gain.
 
     ``baseline``: the kept attempt's metric; an attempt that has not beaten it after ``patience`` epochs
-    is stopped (None: never, for the original run)."""
+    is stopped (None: never, for the original run). The treated symptom coming back stops the attempt at
+    the end of that epoch unless the attempt beats the baseline on the pathology's own yardstick: a cure
+    such as rebalancing lifts a lagging class over several epochs, during which the class still lags."""
 
     def __init__(self, loop: _RepairLoop, treated: Finding | None, baseline: ValMetric | None, patience: int):
         self.loop = loop
@@ -228,29 +232,47 @@ class StopForTreatment(Callback):
         self.baseline = baseline
         self.patience = patience
         self.finding: Finding | None = None
+        self.recurred: Finding | None = None
 
     def on_finding(self, trainer: Trainer, finding: Finding) -> None:
         if self.finding is not None:
             return
-        # The treated symptom coming back means the cure failed: no point in training on.
-        if finding.key == self.treated_key or self.loop.can_treat(finding, trainer, original=self.treated_key is None):
-            self.finding = finding
-            trainer.should_stop = True
-            trainer.stop_reason = trainer.stop_reason or f"auto-repair: {finding.symptom} found"
+        if finding.key == self.treated_key:
+            self.recurred = finding  # judged at the end of the epoch, on its numbers
+        elif self.loop.can_treat(finding, trainer, original=self.treated_key is None):
+            self._stop(trainer, finding, f"auto-repair: {finding.symptom} found")
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if self.baseline is None or trainer.epoch < self.patience or trainer.should_stop:
+        if self.baseline is None or trainer.should_stop:
             return
+        judged_gain, any_gain = self._gains(trainer)
+        if self.recurred is not None and not judged_gain:
+            self._stop(trainer, self.recurred, f"auto-repair: {self.recurred.symptom} is back, with no gain")
+        elif trainer.epoch >= self.patience and not any_gain:
+            trainer.should_stop = True
+            trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
+
+    def still_treating(self, result: RunResult) -> Finding | None:
+        """The treated symptom when it came back and is still active at the end of the attempt."""
+        if self.recurred is not None and self.recurred.key in {finding.key for finding in result.findings}:
+            return self.recurred
+        return None
+
+    def _gains(self, trainer: Trainer) -> tuple[bool, bool]:
+        """(beats the baseline on the treated pathology's yardstick, beats it on that, accuracy or macro AUC)."""
         now = _history_metric(trainer, trainer.history, trainer.best_epoch)
-        if now is None:
-            return
+        if now is None or self.baseline is None:
+            return False, False
         best = replace(now, macro_auc=max((r["val_macro_auc"] or 0.0 for r in trainer.history), default=0.0))
         judged_gain = self.treated is not None and judged_score(best, self.treated).beats(
             judged_score(self.baseline, self.treated)
         )
-        if not (judged_gain or best.beats(self.baseline) or best.ranks_better(self.baseline)):
-            trainer.should_stop = True
-            trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
+        return judged_gain, judged_gain or best.beats(self.baseline) or best.ranks_better(self.baseline)
+
+    def _stop(self, trainer: Trainer, finding: Finding, reason: str) -> None:
+        self.finding = finding
+        trainer.should_stop = True
+        trainer.stop_reason = trainer.stop_reason or reason
 
 
 def auto_repair(
@@ -446,7 +468,7 @@ class _RepairLoop:
             cfg=cfg,
             run_dir=folder,
             result=result,
-            stopped_by=stopper.finding,
+            stopped_by=stopper.finding or stopper.still_treating(result),
             metric=_best_metric(trainer, result),
             epoch_offset=epoch_offset,
             start_weights=start_weights,

@@ -10,11 +10,17 @@ from cnnclinic.doctor.symptoms._shared import median
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
+def short_of_images(facts: dict | None) -> bool:
+    """Whether the data doctor found the class short of images (``small_class`` or ``class_imbalance``)."""
+    flagged = (facts or {}).get("data_findings") or []
+    return "small_class" in flagged or "class_imbalance" in flagged
+
+
 def data_reasons(facts: dict) -> list[str]:
     """What in the data explains a lagging class (``class_data_facts`` keys), as phrases about it."""
     reasons = []
     flagged = facts.get("data_findings") or []
-    if "small_class" in flagged or "class_imbalance" in flagged:
+    if short_of_images(facts):
         reasons.append(f"has only {facts.get('train_images', 'few')} training images")
     if str(facts.get("blur_rank", "")).startswith("1 of "):
         reasons.append("is the blurriest class")
@@ -55,7 +61,13 @@ class LaggingClass(Symptom):
 
     **Prescriptions.** Stronger augmentation for that class (``data.augment.strong_classes=[name]``);
     focal loss with balanced class weights; SE channel attention; a stronger backbone
-    (``model.arch=efficientnet_b0``).
+    (``model.arch=efficientnet_b0``). When the data doctor found the class short of images (``small_class``,
+    ``class_imbalance``), class weights together with oversampling come first: the rare class then counts as
+    much and is seen as often as the others, which augmentation cannot make up for. Measured on the demo's
+    case 4 (bream's twin with 30 training photos against 225, plain cross-entropy; its AUC, mean of the last
+    3 of 12 epochs, seeds 0/1/2): sick 0.85/0.90/0.82; class weights and oversampling 0.99/0.99/0.98; class
+    weights alone 0.97/0.97/0.95; oversampling alone 0.94/0.94/0.97; focal loss with balanced weights 0.91
+    (seed 0); targeted augmentation made it worse wherever it was tried.
     """
 
     id = "lagging_class"
@@ -163,6 +175,24 @@ class LaggingClass(Symptom):
         if facts:
             evidence["data"] = facts
         why = f" The data explains it: '{name}' {' and '.join(reasons)}." if reasons else ""
+        prescriptions = [
+            Prescription(
+                [f"data.augment.strong_classes={json.dumps([name])}"],
+                f"Augment the images of '{name}' more strongly (and collect more of them).",
+            ),
+            Prescription(
+                ["train.loss=focal", "train.focal_alpha=balanced"],
+                "Use focal loss with balanced class weights, which focuses training on hard examples.",
+            ),
+            Prescription(["model.attention=se"], "Add squeeze-and-excitation channel attention."),
+            Prescription(["model.arch=efficientnet_b0"], "Use a stronger backbone."),
+        ]
+        if short_of_images(facts):
+            prescriptions.insert(0, Prescription(
+                ["train.loss=weighted_cross_entropy", "data.balanced_sampling=true"],
+                f"Weight the loss by inverse class frequency and oversample '{name}', so that it counts as much "
+                "and is seen as often as the others.",
+            ))
         return history.finding(
             "lagging_class",
             "warning",
@@ -170,17 +200,6 @@ class LaggingClass(Symptom):
             f"Class '{name}' is recognised far worse than the others (AUC {evidence['auc']:.2f} vs "
             f"{evidence['others_median_auc']:.2f}, recall {evidence['recall']:.0%} vs "
             f"{evidence['others_median_recall']:.0%}){partner_text}.{why}",
-            [
-                Prescription(
-                    [f"data.augment.strong_classes={json.dumps([name])}"],
-                    f"Augment the images of '{name}' more strongly (and collect more of them).",
-                ),
-                Prescription(
-                    ["train.loss=focal", "train.focal_alpha=balanced"],
-                    "Use focal loss with balanced class weights, which focuses training on hard examples.",
-                ),
-                Prescription(["model.attention=se"], "Add squeeze-and-excitation channel attention."),
-                Prescription(["model.arch=efficientnet_b0"], "Use a stronger backbone."),
-            ],
+            prescriptions,
             subject=name,
         )
