@@ -134,6 +134,7 @@ def test_lagging_class_explained_by_data_facts() -> None:
     assert "'burbot' has only 45 training images and is the blurriest class" in finding.explanation
     # Short of images: class weights with oversampling first, before targeted augmentation.
     assert finding.prescriptions[0].config == ["train.loss=weighted_cross_entropy", "data.balanced_sampling=true"]
+    assert finding.prescriptions[0].restart  # from fresh weights (measured better for a rare class)
     assert finding.prescriptions[1].config == ['data.augment.strong_classes=["burbot"]']
     plain = Doctor(model, None, num_classes=4, data_facts=lambda name: None)
     feed_epochs(plain, model, [True, True, True], torch.Generator().manual_seed(1))

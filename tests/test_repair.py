@@ -54,9 +54,9 @@ PATHOLOGIES = {
     # A rare twin, as in the demo's case 4: species 1 (species_x) differs from species 0 by its fin colour
     # only and has 100 photos against 300; half validate, so its AUC rests on 50 photos (noise ~0.08). The
     # demo's CNN (4 conv blocks with BatchNorm, 128-unit head). species_x lags from epoch 4-5; the data
-    # doctor says it is short of images, so class weights + oversampling come first, continuing from the
-    # kept weights. Measured (train.seed 0-3): species_x AUC 0.76/0.75/0.87/0.79 -> 0.97/0.99/1.00/0.96,
-    # val acc 0.84-0.85 -> 0.90-0.97, cured in all four, 5-6 s. Without BatchNorm and the larger head
+    # doctor says it is short of images, so class weights + oversampling come first, from fresh weights.
+    # Measured continuing from the kept weights (train.seed 0-3): species_x AUC 0.76/0.75/0.87/0.79 ->
+    # 0.97/0.99/1.00/0.96, val acc 0.84-0.85 -> 0.90-0.97, cured in all four, 5-6 s. Without BatchNorm and the larger head
     # (TINY's CNN) the twin is barely learnt (bream AUC ~0.9) and, with three species, bream is flagged
     # as lagging once species_x is cured (seeds 0 and 1).
     "lagging_class": (
@@ -64,7 +64,7 @@ PATHOLOGIES = {
          "data.val_fraction=0.5", "model.depth=4", "model.head=[128]", "model.batchnorm=true", "train.lr=0.001",
          "train.epochs=10"],
         "train.loss=weighted_cross_entropy",
-        "warm",
+        "fresh",
     ),
     # Dropout adds no weights, so the cure continues from the best epoch before the symptom. 40 photos per
     # species, half of them for validation; the lagging detector is kept quiet here.
@@ -351,10 +351,13 @@ def test_weights_a_too_large_learning_rate_left_at_chance_are_not_warm_started_f
     assert not ValMetric(0.80, 0.5, 100, class_counts={"a": 80, "b": 20}).learned_something
     too_high = Finding("oscillating_loss", "warning", 2, 9, {"learning_rate_too_high": True}, "swings", [])
     small_steps = Finding("loss_stagnation", "warning", 2, 9, {}, "flat", [])
-    assert starts_fresh(["train.lr=0.002"], too_high, at_chance)
-    assert not starts_fresh(["train.lr=0.002"], too_high, learned)  # learned before it went wrong: kept
-    assert not starts_fresh(["train.lr=0.001"], small_steps, at_chance)  # tiny steps: weights are intact
-    assert starts_fresh(["model.activation=elu"], small_steps, learned)
+    lr_cut, elu = Prescription(["train.lr=0.002"], "cut"), Prescription(["model.activation=elu"], "ELU")
+    assert starts_fresh(lr_cut, too_high, at_chance)
+    assert not starts_fresh(lr_cut, too_high, learned)  # learned before it went wrong: kept
+    assert not starts_fresh(lr_cut, small_steps, at_chance)  # tiny steps: weights are intact
+    assert starts_fresh(elu, small_steps, learned)
+    # The Doctor can ask for fresh weights where the evidence says a weight-keeping change needs them.
+    assert starts_fresh(Prescription(["data.balanced_sampling=true"], "rebalance", fresh_weights=True), small_steps, learned)
 
 
 def test_lr_range_test_cure_gives_a_learning_rate_and_its_plot(tmp_path: Path) -> None:

@@ -18,18 +18,22 @@ class Prescription:
 
     config: list[str]
     advice: str
+    # The evidence says this cure works from fresh weights only (e.g. rebalancing a rare class whose
+    # features the imbalanced run has already shaped), though the change alone would keep the weights.
+    fresh_weights: bool = False
 
     @property
     def restart(self) -> bool:
-        """Architecture changes need fresh weights; the others (lr, loss, dropout, ...) can continue training."""
-        return needs_fresh_weights(self.config)
+        """Architecture changes need fresh weights; the others (lr, loss, dropout, ...) can continue training,
+        unless the Doctor asks for fresh weights (``fresh_weights``)."""
+        return self.fresh_weights or needs_fresh_weights(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": list(self.config), "advice": self.advice, "restart": self.restart}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Prescription":
-        return cls(config=list(data["config"]), advice=str(data["advice"]))
+        return cls(config=list(data["config"]), advice=str(data["advice"]), fresh_weights=bool(data.get("restart")))
 
 
 @dataclass

@@ -53,7 +53,7 @@ from rich.table import Table
 from cnnclinic.config import Config
 from cnnclinic.doctor import Finding, Prescription
 from cnnclinic.models import build_model
-from cnnclinic.repair.formulary import LR_RANGE_TEST, changes_config, needs_fresh_weights, prescriptions_for
+from cnnclinic.repair.formulary import LR_RANGE_TEST, changes_config, prescriptions_for
 from cnnclinic.repair.range_test import lr_from_range_test
 from cnnclinic.training.checkpoint import atomic_write_bytes, load_state, load_weights, save_weights
 from cnnclinic.training.metrics import classification_metrics
@@ -123,11 +123,12 @@ class Score:
         return other is None or self.value > other.value + other.noise
 
 
-def starts_fresh(changes: list[str], trigger: Finding, kept: ValMetric | None) -> bool:
+def starts_fresh(cure: Prescription, trigger: Finding, kept: ValMetric | None) -> bool:
     """Whether a cure restarts from fresh weights rather than the kept attempt's best checkpoint: it changes
-    the architecture, or a too-large learning rate (the trigger's evidence) left that checkpoint at chance,
-    i.e. damaged (dead or saturated units, huge weights) with nothing learned worth keeping."""
-    if needs_fresh_weights(changes):
+    the architecture or the Doctor asks for fresh weights (``Prescription.restart``), or a too-large
+    learning rate (the trigger's evidence) left that checkpoint at chance, i.e. damaged (dead or saturated
+    units, huge weights) with nothing learned worth keeping."""
+    if cure.restart:
         return True
     damaged = bool(trigger.evidence.get("learning_rate_too_high"))
     return damaged and kept is not None and not kept.learned_something
@@ -329,7 +330,7 @@ class _RepairLoop:
         for all of its epochs."""
         folder = self.run_dir / ATTEMPTS_FOLDER / str(number)
         changes = list(prescription.config)
-        fresh = kept.best_weights is None or starts_fresh(changes, trigger, kept.metric)
+        fresh = kept.best_weights is None or starts_fresh(prescription, trigger, kept.metric)
         offset = 0 if fresh else kept.trained_epochs_at_best
         epochs = self.attempt_epochs(offset)
         if epochs > self.available_epochs(kept):
@@ -446,7 +447,7 @@ class _RepairLoop:
         reserve = 0 if original else trainer.cfg.train.epochs - trainer.epoch + 1
         room = self.budget - spent_now - reserve
         best = _history_metric(trainer, trainer.history, trainer.best_epoch)
-        fresh = best is None or starts_fresh(prescription.config, finding, best)
+        fresh = best is None or starts_fresh(prescription, finding, best)
         # The run's own best epoch; a cure's weights have trained longer, so this never underestimates.
         return room >= self.attempt_epochs(0 if fresh else trainer.best_epoch or 0)
 
