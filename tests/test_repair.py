@@ -151,9 +151,11 @@ def test_a_failed_cure_is_rolled_back_and_the_next_one_kept(tmp_path: Path, monk
 
     failed, cured = result.treatment["attempts"]
     assert failed["change"] == ["train.label_smoothing=0.1"]
-    # The symptom came back inside the first epoch: the attempt was stopped at once, not trained on.
+    # The symptom came back inside the first epoch, with no gain: the attempt was stopped at that epoch's end
+    # (judged on its numbers), not trained on.
     assert not failed["symptom_gone"] and not failed["cured"] and not failed["kept"]
-    assert failed["epochs"] == 0 and failed["stopped_by"] == "vanishing_gradient"
+    assert failed["epochs"] == 1 and failed["stopped_by"] == "vanishing_gradient"
+    assert "is back, with no gain" in failed["stop_reason"]
     # Rolled back: the next cure is applied to the original configuration, not on top of the failed one.
     assert cured["change"] == ["model.activation=relu", "model.init=he"] and cured["kept"]
     assert result.kept_attempt == 2
