@@ -359,7 +359,9 @@ class Doctor:
             return
         y = targets.numpy()
         probs = F.softmax(logits, dim=1).numpy()
-        record.val_loss = float(F.cross_entropy(logits, targets).item())
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        record.val_loss = float(losses.mean())
+        record.val_loss_se = float(losses.std() / math.sqrt(len(losses))) if len(losses) > 1 else None
         record.val_acc = float((probs.argmax(axis=1) == y).mean())
         record.val_counts = np.bincount(y, minlength=self.num_classes)[: self.num_classes].tolist()
         record.confusion = confusion_matrix(y, probs.argmax(axis=1), labels=range(self.num_classes)).tolist()

@@ -55,6 +55,8 @@ class EpochRecord:
     train_loss: float
     train_acc: float | None
     val_loss: float | None = None
+    # Standard error of val_loss (the mean of per-image losses): how far it moves by chance.
+    val_loss_se: float | None = None
     val_acc: float | None = None
     val_auc: dict[str, float] | None = None
     val_counts: list[int] | None = None

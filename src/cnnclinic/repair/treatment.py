@@ -24,8 +24,8 @@ The loop (``auto_repair``):
    - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
    An attempt stops at the end of the epoch in which its treated symptom comes back, unless it already
    beats the kept attempt on that pathology's yardstick (a rebalanced lagging class catches up over
-   several epochs, lagging all the while); it also stops when neither its judged metric, its accuracy nor
-   its macro AUC has beaten the kept attempt's (beyond noise) after half of its epochs. A kept attempt
+   several epochs, lagging all the while); it also stops when, by half of its epochs, neither its judged
+   metric, its accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) in any epoch. A kept attempt
    stopped by a new finding is treated in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
@@ -234,6 +234,9 @@ class StopForTreatment(Callback):
         self.patience = patience
         self.finding: Finding | None = None
         self.recurred: Finding | None = None
+        # Once an epoch has shown a gain the cure is not abandoned: a noisy metric (the mean of the last
+        # epochs on a few hundred photos) may dip below the margin again before the cure has run its course.
+        self.showed_gain = False
 
     def on_finding(self, trainer: Trainer, finding: Finding) -> None:
         if self.finding is not None:
@@ -247,9 +250,10 @@ class StopForTreatment(Callback):
         if self.baseline is None or trainer.should_stop:
             return
         judged_gain, any_gain = self._gains(trainer)
+        self.showed_gain = self.showed_gain or any_gain
         if self.recurred is not None and not judged_gain:
             self._stop(trainer, self.recurred, f"auto-repair: {self.recurred.symptom} is back, with no gain")
-        elif trainer.epoch >= self.patience and not any_gain:
+        elif trainer.epoch >= self.patience and not self.showed_gain:
             trainer.should_stop = True
             trainer.stop_reason = f"auto-repair: no gain over the kept attempt after {trainer.epoch} epochs"
 
