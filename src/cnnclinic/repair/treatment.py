@@ -25,8 +25,8 @@ The loop (``auto_repair``):
    An attempt stops at the end of the epoch in which its treated symptom comes back, unless it already
    beats the kept attempt on that pathology's yardstick (a rebalanced lagging class catches up over
    several epochs, lagging all the while); it also stops when, by half of its epochs, neither its judged
-   metric, its accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) in any epoch. A kept attempt
-   stopped by a new finding is treated in turn.
+   metric, its accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) in any epoch. A
+   kept attempt stopped by a new finding is treated in turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
    the next attempt's full epochs. A kept cure that a later finding stopped early is then trained on to the

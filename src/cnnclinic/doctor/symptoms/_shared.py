@@ -34,6 +34,12 @@ def learning_rate_evidence(history: TrainingHistory, lr_update_ratio: float) -> 
     return {"peak_update_ratio": peak, "learning_rate_too_high": peak is not None and peak >= lr_update_ratio}
 
 
+def overshooting_steps(evidence: dict) -> str:
+    """The explanation's sentence when ``learning_rate_evidence`` found the learning rate too high."""
+    return (f" Single steps moved a layer's weights by {evidence['peak_update_ratio']:.0%} (healthy runs: at most "
+            "5%): the learning rate is too high.")
+
+
 def activation_swap() -> Prescription:
     return Prescription(
         ["model.activation=leaky_relu"],

@@ -6,7 +6,14 @@ import numpy as np
 
 from cnnclinic.doctor.finding import Finding, Prescription
 from cnnclinic.doctor.history import TrainingHistory
-from cnnclinic.doctor.symptoms._shared import activation_swap, batchnorm, learning_rate_evidence, scaled_lr, smaller_lr
+from cnnclinic.doctor.symptoms._shared import (
+    activation_swap,
+    batchnorm,
+    learning_rate_evidence,
+    overshooting_steps,
+    scaled_lr,
+    smaller_lr,
+)
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
@@ -82,8 +89,7 @@ class DyingReLU(Symptom):
         ]
         why = ""
         if evidence["learning_rate_too_high"]:
-            why = (f" Single steps moved a layer's weights by {evidence['peak_update_ratio']:.0%} (healthy: "
-                   "0.1-1%): the learning rate is too high and killed them.")
+            why = overshooting_steps(evidence)
             prescriptions.insert(0, Prescription(
                 [scaled_lr(history, 0.1), "model.activation=leaky_relu"],
                 "Divide the learning rate by 10 and use LeakyReLU, from fresh weights: smaller steps stop killing "

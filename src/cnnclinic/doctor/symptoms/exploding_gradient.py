@@ -4,7 +4,14 @@ from dataclasses import dataclass, field
 
 from cnnclinic.doctor.finding import Finding, Prescription
 from cnnclinic.doctor.history import TrainingHistory
-from cnnclinic.doctor.symptoms._shared import batchnorm, learning_rate_evidence, median, scaled_lr, smaller_lr
+from cnnclinic.doctor.symptoms._shared import (
+    batchnorm,
+    learning_rate_evidence,
+    median,
+    overshooting_steps,
+    scaled_lr,
+    smaller_lr,
+)
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
@@ -79,8 +86,7 @@ class ExplodingGradient(Symptom):
         prescriptions = [clip, smaller_lr(history), batchnorm()]
         why = ""
         if evidence["learning_rate_too_high"]:
-            why = (f" Single steps moved a layer's weights by {evidence['peak_update_ratio']:.0%} (healthy: "
-                   "0.1-1%): the learning rate is the cause.")
+            why = overshooting_steps(evidence)
             prescriptions[0] = Prescription(
                 [scaled_lr(history, 0.1), "train.grad_clip=1.0"],
                 "Divide the learning rate by 10 and clip the total gradient norm to 1 as a safety net.",

@@ -66,7 +66,8 @@ class Overfitting(Symptom):
         (True when the standard errors are unknown: a Doctor given only the mean)."""
         if best.val_loss_se is None or later.val_loss_se is None:
             return True
-        return later.val_loss - best.val_loss > noise_ses * math.hypot(best.val_loss_se, later.val_loss_se)  # type: ignore[operator]
+        rise = later.val_loss - best.val_loss  # type: ignore[operator]
+        return rise > noise_ses * math.hypot(best.val_loss_se, later.val_loss_se)
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         epochs = [e for e in history.epochs if e.val_loss is not None and math.isfinite(e.val_loss)]
