@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnclinic.config import build_config
-from cnnclinic.training.trainer import Callback, Trainer, train
+from cnnclinic.training.trainer import Callback, Trainer
 
 
 class EpochClock(Callback):

@@ -10,7 +10,7 @@ learning rate that ``training.lr_find.lr_range_test`` suggests.
 
 from __future__ import annotations
 
-from cnnclinic.config import Config, needs_fresh_weights
+from cnnclinic.config import Config
 from cnnclinic.doctor import Finding, Prescription
 from cnnclinic.errors import UserError
 
