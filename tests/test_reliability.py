@@ -149,6 +149,9 @@ def test_a_loss_gone_nan_stops_with_exploding_gradient_and_keeps_the_last_good_c
 
 def test_a_disk_that_fills_up_mid_run_is_one_line_and_resume_finishes(fish_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 3, "doctor.enabled": False})
+    uninterrupted = tmp_path / "uninterrupted"
+    train(cfg, uninterrupted, console=quiet(), report=False)
+    run = tmp_path / "full"
     real_save_state = trainer_module.save_state
     calls = []
 
@@ -160,14 +163,19 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_resume_finishes(fish_dir: 
 
     monkeypatch.setattr(trainer_module, "save_state", fills_up_at_epoch_2)
     with pytest.raises(UserError, match="is full") as error:
-        train(cfg, tmp_path, console=quiet(), report=False)
+        train(cfg, run, console=quiet(), report=False)
     assert "\n" not in str(error.value) and "--resume" in str(error.value)
-    assert load_state(tmp_path / "checkpoints" / "last.state.pt")["epoch"] == 1
+    assert load_state(run / "checkpoints" / "last.state.pt")["epoch"] == 1
+    # Epoch 2's weights reached last.safetensors before the state failed: the resume must not start from them.
+    assert load_weights(run / "checkpoints" / "last.safetensors")[1]["epoch"] == 2
 
     monkeypatch.setattr(trainer_module, "save_state", real_save_state)  # space freed
-    resumed = train(cfg, tmp_path, console=quiet(), resume=True, report=False)
+    resumed = train(cfg, run, console=quiet(), resume=True, report=False)
     assert [m["epoch"] for m in resumed.history] == [1, 2, 3]
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    expected, _ = load_weights(uninterrupted / "checkpoints" / "last.safetensors")
+    got, _ = load_weights(run / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)  # bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +209,19 @@ def test_resume_refuses_a_training_state_carrying_a_malicious_pickle(small_run: 
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "refusing to load" in lines[0] and "last.state.pt" in lines[0]
     assert not marker.exists()
+    assert [m["epoch"] for m in read_records(run / "metrics.jsonl")] == [1]  # nothing trained, nothing lost
+
+
+def test_resume_of_a_state_without_weights_from_an_older_version_is_one_line(small_run: Path, fish_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    state = load_state(run / "checkpoints" / "last.state.pt")
+    del state["model"]
+    torch.save(state, run / "checkpoints" / "last.state.pt")
+    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN})
+    with pytest.raises(UserError, match="older cnnclinic") as error:
+        train(cfg, run, console=quiet(), resume=True, report=False)
+    assert "\n" not in str(error.value)
     assert [m["epoch"] for m in read_records(run / "metrics.jsonl")] == [1]  # nothing trained, nothing lost
 
 

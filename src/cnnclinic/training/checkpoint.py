@@ -1,9 +1,10 @@
 """Checkpoints: weights as safetensors, training state as a weights-only torch file, all written atomically.
 
 Weights (``best.safetensors``, ``last.safetensors``) carry ``{"format": "cnnclinic"}`` and the class
-names in their metadata, so a checkpoint describes itself. The rest of the training state (optimizer,
-scheduler, counters, RNG states) goes to ``last.state.pt`` and is read back with
-``torch.load(weights_only=True)``, which refuses pickles that would run code.
+names in their metadata, so a checkpoint describes itself. The training state a resume needs (the weights
+again, optimizer, scheduler, counters, RNG states) goes to ``last.state.pt`` as one atomically written file,
+so a kill between two writes cannot pair one epoch's weights with another epoch's optimizer. It is read back
+with ``torch.load(weights_only=True)``, which refuses pickles that would run code.
 """
 
 from __future__ import annotations

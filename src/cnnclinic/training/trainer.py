@@ -194,8 +194,9 @@ def check_writable(run_dir: Path) -> None:
 def check_free_space(run_dir: Path, model: nn.Module) -> None:
     """Fail before the first epoch when the run directory's disk cannot hold the checkpoints and logs."""
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    # best + last weights, optimizer state (Adam keeps two moments), a temp copy while writing, logs/report.
-    needed = 6 * weight_bytes + LOG_SPACE_BYTES
+    # best + last weights, the training state (weights again + Adam's two moments), a temp copy of it while
+    # writing, logs/report.
+    needed = 8 * weight_bytes + LOG_SPACE_BYTES
     free = shutil.disk_usage(run_dir).free
     if free < needed:
         raise UserError(
@@ -609,6 +610,9 @@ class Trainer:
             return
         state = {
             "class_names": self.class_names,
+            # The weights again, in the same atomically written file as the rest of the state: a kill between
+            # writing last.safetensors and this file must not pair one epoch's weights with another's optimizer.
+            "model": self.model.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
@@ -638,7 +642,11 @@ class Trainer:
         if self.dist.is_main:  # another process's leftovers may be rank 0's writes in progress
             for folder in (self.run_dir, checkpoints):
                 remove_partial_writes(folder)
-        return load_state(checkpoints / "last.state.pt")
+        state = load_state(checkpoints / "last.state.pt")
+        if "model" not in state:
+            raise UserError(f"cannot resume {self.run_dir}: an older cnnclinic wrote its training state without "
+                            "the weights; start the run again")
+        return state
 
     def _restore(self, state: dict[str, Any]) -> None:
         if list(state["class_names"]) != self.class_names:
@@ -646,7 +654,7 @@ class Trainer:
                 f"cannot resume {self.run_dir}: it was trained on classes {state['class_names']}, "
                 f"the data now has {self.class_names}"
             )
-        self._load_model_weights(self.run_dir / "checkpoints" / "last.safetensors")
+        self._load_model_weights(state["model"], self.run_dir / "checkpoints" / "last.state.pt")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -673,17 +681,16 @@ class Trainer:
         self.console.print(f"resuming {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
 
     def _load_init_weights(self, path: Path) -> None:
-        _, metadata = load_weights(path)
+        tensors, metadata = load_weights(path)
         if list(metadata.get("class_names", [])) != self.class_names:
             raise UserError(
                 f"init weights {path} were trained on classes {metadata.get('class_names')}, "
                 f"the data has {self.class_names}"
             )
-        self._load_model_weights(path)
+        self._load_model_weights(tensors, path)
         self.console.print(f"starting from the weights in {path}")
 
-    def _load_model_weights(self, path: Path) -> None:
-        tensors, _ = load_weights(path)
+    def _load_model_weights(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         try:
             self.model.load_state_dict(tensors)
         except RuntimeError as error:
@@ -702,7 +709,7 @@ class Trainer:
     def _result(self) -> RunResult:
         best = self.run_dir / "checkpoints" / "best.safetensors"
         if self.best_epoch is not None and best.is_file():
-            self._load_model_weights(best)
+            self._load_model_weights(load_weights(best)[0], best)
         self.model.eval()
         return RunResult(
             run_dir=self.run_dir,
