@@ -17,7 +17,10 @@ healthy-run time (the goal: at most 1.5). CPU time is printed next to wall-clock
 may be shared: it counts only this process's work. "other findings" lists what else the sick run raised
 before it was stopped: a case should provoke only its own pathology.
 
-    .venv/bin/python benchmarks/repair_cost.py [--quick] [--cases a,b] [--out DIR]
+``--seeds 0,1,2`` runs every case once per training seed (weights, shuffling, augmentation; the data stay
+the same): the cases were set up with seed 0, so other seeds show whether the cures hold or were luck.
+
+    .venv/bin/python benchmarks/repair_cost.py [--quick] [--cases a,b] [--seeds 0,1,2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -90,10 +93,15 @@ class Measured:
         }
 
 
-def faulty_cases(quick: bool) -> list[Case]:
+def faulty_cases(quick: bool, seeds: list[int]) -> list[Case]:
     cases = [Case(s.name, s.expected_symptom, scenario_config(s, DemoData(), quick)) for s in SCENARIOS]
     cases += [Case(name, name, build_config(overrides=[*BASE, *sick])) for name, sick in EXTRA_CASES.items()]
-    return cases
+    return [
+        Case(case.name + (f"-seed{seed}" if len(seeds) > 1 else ""), case.expected_symptom,
+             case.cfg.with_overrides([f"train.seed={seed}"]))
+        for case in cases
+        for seed in seeds
+    ]
 
 
 def timed(run) -> tuple[object, float, float]:
@@ -151,12 +159,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the demo's quick variants of its five scenarios")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, each case once per seed (default: 0)")
     parser.add_argument("--out", type=Path, default=Path("runs/repair-benchmark"))
     args = parser.parse_args()
-    cases = faulty_cases(args.quick)
+    cases = faulty_cases(args.quick, [int(seed) for seed in args.seeds.split(",")])
     if args.cases:
         wanted = set(args.cases.split(","))
-        cases = [case for case in cases if case.name in wanted]
+        cases = [case for case in cases if case.name.split("-seed")[0] in wanted]
     console = Console(width=200)
     results = []
     for case in cases:
