@@ -108,3 +108,29 @@ def test_attention_gates_do_not_count_towards_the_stack() -> None:
     history.activation_kinds["se.gate"] = "sigmoid"
     history.gate_members = {"se.gate"}
     assert check("saturated_activation", history).prescriptions[0].config == ["model.init=xavier"]
+
+
+def flat_loss_with_default_init(update_ratio: float) -> TrainingHistory:
+    """A loss flat at ln 5 for 100 steps; PyTorch's default weight scale (0.41 of He) and logits spread by
+    0.0008 across the batch, as the demo's lr-1e-6 run measured; every layer moved by ``update_ratio`` a step."""
+    history = TrainingHistory(num_classes=5, class_names=list("abcde"), num_parameters=100_000, lr=1e-6)
+    history.initial_losses = [1.609] * 3
+    history.losses = deque([1.609] * 100, maxlen=4096)
+    for step in range(0, 100, 20):
+        history.samples.append(LayerSample(
+            step=step, epoch=1, grad_norm={}, grad_rms={}, weight_norm={}, init_scale={"conv": 0.41, "fc": 0.41},
+            update_ratio={"conv": update_ratio, "fc": update_ratio}, logit_spread=0.0008,
+        ))
+    history.step = 100
+    return history
+
+
+def test_flat_loss_names_a_too_small_learning_rate_before_collapsed_logits() -> None:
+    # The weights hardly move: the logits stay collapsed because nothing learns; the learning rate is the cause.
+    frozen = check("loss_stagnation", flat_loss_with_default_init(6e-6))
+    assert frozen.evidence["cause"] == "learning_rate_too_small"
+    assert frozen.prescriptions[0].config == ["train.lr=0.001"]
+    # The weights move at a healthy rate and the logits still do not spread: the signal dies in the forward pass.
+    moving = check("loss_stagnation", flat_loss_with_default_init(1e-3))
+    assert moving.evidence["cause"] == "bad_initialization"
+    assert moving.prescriptions[0].config == ["model.init=he"]
