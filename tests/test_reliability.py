@@ -102,6 +102,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(fish_
         {k: v for k, v in m.items() if k != "seconds"} for m in uninterrupted.history
     ]
     assert read_records(run / "steps.jsonl") == read_records(tmp_path / "uninterrupted" / "steps.jsonl")
+    assert read_records(run / "layer_stats.jsonl") == read_records(tmp_path / "uninterrupted" / "layer_stats.jsonl")
     leftovers = [p.name for p in [*run.glob(".*.tmp"), *(run / "checkpoints").glob(".*.tmp")]]
     assert leftovers == []
 

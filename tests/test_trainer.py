@@ -137,6 +137,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(fish_dir, tmp_pat
     without_time = [{k: v for k, v in m.items() if k != "seconds"} for m in resumed.history]
     assert without_time == [{k: v for k, v in m.items() if k != "seconds"} for m in uninterrupted.history]
     assert read_jsonl(tmp_path / "a" / "steps.jsonl") == read_jsonl(tmp_path / "b" / "steps.jsonl")
+    # The Doctor counts on from the checkpoint: the same sampled steps, numbered as in the uninterrupted run.
+    assert read_jsonl(tmp_path / "a" / "layer_stats.jsonl") == read_jsonl(tmp_path / "b" / "layer_stats.jsonl")
 
 
 class Poison(Callback):

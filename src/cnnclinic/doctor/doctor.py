@@ -17,7 +17,7 @@ from torch import nn
 from cnnclinic.doctor.activations import ActivationCapture, activation_modules
 from cnnclinic.doctor.finding import SEVERITIES, Finding
 from cnnclinic.doctor.gates import GateFinder
-from cnnclinic.doctor.history import ClassFacts, EpochRecord, LayerSample, TrainingHistory
+from cnnclinic.doctor.history import ClassFacts, EpochRecord, LayerSample, RunSoFar, TrainingHistory
 from cnnclinic.doctor.symptoms import SYMPTOMS, resolve_thresholds
 from cnnclinic.errors import UserError
 
@@ -49,6 +49,10 @@ class Doctor:
     one total gradient norm (one device sync); every ``sample_every`` steps (and at a few early steps) it
     also measures per-layer gradient and weight norms, the update-to-weight ratio and activation
     statistics, with hooks that exist only for that forward pass.
+
+    ``so_far``: for a resumed run, what it had done before (``RunSoFar``). The Doctor's windows start again
+    at the resume (it keeps no per-layer history across processes); its step and epoch numbers and its
+    reference loss are the run's.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Doctor:
         sample_every: int = 10,
         on_finding: Callable[[Finding], None] | None = None,
         data_facts: ClassFacts | Mapping[str, dict[str, Any]] | None = None,
+        so_far: RunSoFar | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise UserError(f"Doctor: model must be a torch nn.Module, got {type(model).__name__}")
@@ -94,6 +99,9 @@ class Doctor:
             class_counts=np.zeros(num_classes, dtype=np.int64),
             data_facts=data_facts.get if isinstance(data_facts, Mapping) else data_facts,
         )
+        if so_far is not None:
+            self.history.step, self.history.epoch = so_far.steps, so_far.epochs + 1
+            self.history.initial_losses = [loss for loss in so_far.initial_losses if math.isfinite(loss)][:3]
         self.should_stop = False
         self._found: dict[tuple[str, str | None], Finding] = {}
         self._last_seen: dict[tuple[str, str | None], int] = {}  # key -> last epoch its condition held
@@ -108,7 +116,9 @@ class Doctor:
         self._epoch_seen: torch.Tensor | None = None
         self._epoch_counts: torch.Tensor | None = None
         self._closed = False
-        self._arm(0)
+        if so_far is not None and so_far.epochs > 0:
+            self._interval = max(1, min(sample_every, so_far.steps // so_far.epochs))  # as its first epoch set it
+        self._arm(self.history.step)
 
     # ----------------------------------------------------------------------------------------- public
     @property

@@ -63,6 +63,17 @@ class EpochRecord:
     confusion: list[list[int]] | None = None
 
 
+@dataclass(frozen=True)
+class RunSoFar:
+    """What a resumed run had done before a Doctor started watching it: the steps and epochs it had trained,
+    so that findings and ``layer_stats.jsonl`` go on counting from there, and the losses of its first steps,
+    the reference of "has the loss moved at all since training began" (``TrainingHistory.initial_loss``)."""
+
+    steps: int
+    epochs: int
+    initial_losses: tuple[float, ...] = ()
+
+
 @dataclass
 class TrainingHistory:
     """Everything the symptom detectors read. Detectors are pure functions of this history."""

@@ -293,6 +293,8 @@ class Trainer:
                     self._restore(state)
                 elif self.init_weights is not None:
                     self._load_init_weights(self.init_weights)
+                if self.cfg.doctor.enabled:
+                    self._start_doctor(resumed=resume)
                 self._write_run_description()
                 # Opened after a resume has trimmed steps.jsonl (which replaces the file).
                 if self.dist.is_main:
@@ -319,7 +321,6 @@ class Trainer:
         self._print_data_summary()
         self._inspect_data()
         self.loaders = self.dist.prepare_loaders(make_loaders(self.bundle, cfg), cfg)
-        num_classes = len(self.class_names)
         self.model, self.criterion, self.optimizer = build_training_parts(cfg, self.bundle, self.device)
         # What the training steps call (DDP); self.model stays the plain module.
         self.train_model = self.dist.training_model(self.model, cfg.train)
@@ -332,19 +333,6 @@ class Trainer:
         )
         check_free_space(self.run_dir, self.model)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, steps_per_epoch=len(self.loaders.train))
-        if cfg.doctor.enabled:
-            from cnnclinic.doctor import Doctor
-
-            self.doctor = Doctor(
-                self.model,
-                self.optimizer,
-                num_classes,
-                class_names=self.class_names,
-                thresholds=cfg.doctor.thresholds,
-                sample_every=cfg.doctor.sample_every,
-                on_finding=self._on_finding,
-                data_facts=self._class_data_facts,
-            )
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
         self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if self.dist.is_main else None
@@ -489,6 +477,24 @@ class Trainer:
         final = self.should_stop or self.epoch == self.cfg.train.epochs
         if final or self.epoch % self.cfg.train.checkpoint_every == 0:
             self._save_last()
+
+    def _start_doctor(self, resumed: bool) -> None:
+        """Attach the Doctor; after a resume it counts on from the checkpoint's step and epoch."""
+        from cnnclinic.doctor import Doctor
+        from cnnclinic.doctor.history import RunSoFar
+
+        first_losses = tuple(r["loss"] for r in read_jsonl(self.run_dir / "steps.jsonl")[:3]) if resumed else ()
+        self.doctor = Doctor(
+            self.model,
+            self.optimizer,
+            len(self.class_names),
+            class_names=self.class_names,
+            thresholds=self.cfg.doctor.thresholds,
+            sample_every=self.cfg.doctor.sample_every,
+            on_finding=self._on_finding,
+            data_facts=self._class_data_facts,
+            so_far=RunSoFar(self.global_step, self.epoch, first_losses) if resumed else None,
+        )
 
     def _update_early_stopping(self, val_loss: float) -> None:
         if val_loss < self.early_stopping["best_val_loss"]:
