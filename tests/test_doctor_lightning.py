@@ -35,7 +35,9 @@ class DigitsModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def fit(net: nn.Module, lr: float, epochs: int) -> DoctorCallback:
+def fit(net: nn.Module, lr: float, epochs: int, save: str | None = None, resume: str | None = None) -> DoctorCallback:
+    """Train ``net`` on digits under the callback; ``save``: write a checkpoint at the end, ``resume``: go on
+    from one."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -48,7 +50,9 @@ def fit(net: nn.Module, lr: float, epochs: int) -> DoctorCallback:
         enable_checkpointing=False, enable_model_summary=False, callbacks=[callback],
     )
     try:
-        trainer.fit(DigitsModule(net, lr), train, val)
+        trainer.fit(DigitsModule(net, lr), train, val, ckpt_path=resume)
+        if save is not None:
+            trainer.save_checkpoint(save)
     finally:
         torch.set_num_threads(threads)
     return callback
@@ -67,3 +71,14 @@ def test_lightning_callback_healthy_run_is_clean_and_sees_validation() -> None:
     assert len(epochs) == 3 and epochs[-1].val_acc > 0.9 and epochs[-1].train_acc > 0.9
     assert sum(epochs[-1].val_counts) == 360  # the whole validation set, sanity check excluded
     assert all(not m._forward_hooks for m in callback.doctor.model.modules())  # removed at fit end
+
+
+def test_lightning_callback_counts_on_after_a_resume(tmp_path) -> None:
+    checkpoint = str(tmp_path / "two_epochs.ckpt")
+    first = fit(mlp([64, 64], nn.ReLU), 1e-3, 2, save=checkpoint)
+    steps_per_epoch = first.doctor.history.step // 2
+    resumed = fit(mlp([64, 64], nn.ReLU), 1e-3, 3, resume=checkpoint)
+    history = resumed.doctor.history
+    assert [e.epoch for e in history.epochs] == [3]
+    assert history.step == 3 * steps_per_epoch
+    assert min(s.step for s in history.samples) >= 2 * steps_per_epoch

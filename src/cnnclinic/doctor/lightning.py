@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cnnclinic.doctor.doctor import Doctor
+from cnnclinic.doctor.history import RunSoFar
 from cnnclinic.errors import UserError
 
 try:
@@ -37,7 +38,7 @@ def _targets_of(batch: Any) -> torch.Tensor | None:
 
 
 class DoctorCallback(Callback):
-    """Creates a :class:`Doctor` on fit start and feeds it every step and validation epoch."""
+    """Creates a :class:`Doctor` when training starts and feeds it every step and validation epoch."""
 
     def __init__(self, num_classes: int, class_names: list[str] | None = None, **doctor_kwargs: Any):
         super().__init__()
@@ -53,11 +54,15 @@ class DoctorCallback(Callback):
         self._hook: Any = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.doctor = Doctor(
-            pl_module, optimizer, self.num_classes, class_names=self.class_names, **self.doctor_kwargs
-        )
         self._hook = pl_module.register_forward_hook(self._keep_logits)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        # fit(ckpt_path=...) has restored the loop counters by now (not yet at fit start): count on from them.
+        so_far = RunSoFar(trainer.global_step, trainer.current_epoch) if trainer.global_step > 0 else None
+        self.doctor = Doctor(
+            pl_module, optimizer, self.num_classes, class_names=self.class_names, so_far=so_far, **self.doctor_kwargs
+        )
 
     def _keep_logits(self, module: Any, args: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes:
