@@ -56,8 +56,15 @@ class LabelIssues(DataCheck):
     Evidence: per class, the suspicious files with the predicted class and its probability; the
     number of images checked and the model's accuracy on them.
 
-    Thresholds: none beyond cleanlab's; skipped when the model's accuracy on the checked images is
-    below ``min_accuracy`` (its disagreements would say more about the model than the labels).
+    Thresholds: cleanlab's, and the model must be sure of the class it sees instead: its probability at
+    least ``min_confidence``. A model's own mistakes are mostly unsure ones, a wrong label's are sure ones
+    once the model has learned the class. Measured on the validation predictions of the demo's and the
+    repair benchmark's runs on synthetic fish: with clean labels (12 models at 60-97% validation accuracy)
+    cleanlab alone flagged 0-27 images per 100, all labelled right; with confidence 0.8 or more 0-7 per
+    100 remain. With a fifth of the labels wrong (``data.synthetic.mislabelled=0.2``: 53 of 250 validation
+    photos; 6 models at 62-70%) cleanlab alone flagged 58-78 at 58-79% precision; 22-43 remain at 60-91%.
+    Skipped when the model's accuracy on the checked images is below ``min_accuracy`` (its disagreements
+    would say more about the model than the labels).
 
     Prescription: look at the listed files and relabel (move to the right class folder) or remove them.
     """
@@ -68,6 +75,7 @@ class LabelIssues(DataCheck):
     class Thresholds:
         min_accuracy: float = field(default=0.5, metadata={"help": "model accuracy needed to judge labels"})
         listed: int = field(default=20, metadata={"help": "files listed per class"})
+        min_confidence: float = field(default=0.8, metadata={"help": "model's probability of the class it sees instead"})
 
     def check(self, view: DataView, thresholds: Thresholds) -> list[Finding]:
         predictions = view.predictions
@@ -78,13 +86,16 @@ class LabelIssues(DataCheck):
         if accuracy < thresholds.min_accuracy or len(np.unique(predictions.targets)) < 2:
             view.notes["label_check"]["skipped"] = "model too weak to judge labels"
             return []
-        flagged = find_label_issues(
-            predictions.targets, predictions.probs, return_indices_ranked_by="self_confidence"
-        )
+        ranked = find_label_issues(predictions.targets, predictions.probs, return_indices_ranked_by="self_confidence")
+        seen = predictions.probs.argmax(1)  # the class the model sees in each image
+        flagged = [
+            index for index in ranked
+            if seen[index] != predictions.targets[index] and predictions.probs[index].max() >= thresholds.min_confidence
+        ]
         names = view.class_names
         per_class: dict[str, list[dict]] = {}
         for index in flagged:
-            given, predicted = int(predictions.targets[index]), int(predictions.probs[index].argmax())
+            given, predicted = int(predictions.targets[index]), int(seen[index])
             per_class.setdefault(names[given], []).append(
                 {
                     "path": predictions.paths[index],
@@ -109,8 +120,8 @@ class LabelIssues(DataCheck):
                 },
                 explanation=(
                     f"{len(flagged)} of {len(predictions.targets)} checked images ({summary}) are labelled "
-                    "against what a trained model confidently sees: likely wrong labels, which teach the "
-                    "model contradictions and cap its accuracy."
+                    f"against what a trained model sees with {thresholds.min_confidence:.0%} confidence or "
+                    "more: likely wrong labels, which teach the model contradictions and cap its accuracy."
                 ),
                 prescriptions=[Prescription([], f"Look at these {len(flagged)} files and relabel or remove them.")],
             )
