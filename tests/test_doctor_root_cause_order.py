@@ -2,8 +2,8 @@
 
 Each rule is checked on a hand-built TrainingHistory, on both sides of its threshold: the learning-rate rule
 of dying_relu and exploding_gradient (peak update-to-weight ratio after the first step), and the stack-depth
-rule of saturated_activation (number of sigmoid/tanh layers). oscillating_loss needs overshooting steps to be
-found at all (tests/test_doctor_oscillating.py).
+rule of saturated_activation (number of sigmoid/tanh layers), and loss_stagnation's causes and window.
+oscillating_loss needs overshooting steps to be found at all (tests/test_doctor_oscillating.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cnnclinic.doctor.finding import Finding
-from cnnclinic.doctor.history import LayerSample, TrainingHistory
+from cnnclinic.doctor.history import EpochRecord, LayerSample, TrainingHistory
 from cnnclinic.doctor.symptoms import SYMPTOMS
 
 # ‖Δw‖/‖w‖ of a healthy step and of a step that moves a layer by half its weights.
@@ -134,3 +134,22 @@ def test_flat_loss_names_a_too_small_learning_rate_before_collapsed_logits() -> 
     moving = check("loss_stagnation", flat_loss_with_default_init(1e-3))
     assert moving.evidence["cause"] == "bad_initialization"
     assert moving.prescriptions[0].config == ["model.init=he"]
+
+
+def test_a_loss_flat_for_four_short_epochs_is_named_before_100_steps() -> None:
+    history = flat_loss_with_default_init(1e-3)
+    history.losses = deque([1.609] * 52, maxlen=4096)
+    history.step = 52
+    assert SYMPTOMS["loss_stagnation"]().check(history, SYMPTOMS["loss_stagnation"].Thresholds()) is None
+    history.epochs = [EpochRecord(epoch=e, steps=13, train_loss=1.609, train_acc=0.2) for e in (1, 2, 3, 4)]
+    assert check("loss_stagnation", history).explanation.startswith("The loss has stayed flat around 1.61 for 52 steps")
+
+
+def test_a_flat_loss_after_overshooting_steps_blames_a_too_large_learning_rate() -> None:
+    # SGD with momentum at lr 2.0 (the repair benchmark's exploding case, train seed 2): early steps moved a layer
+    # by 16% of its weights; the weights they inflated make the later ratios look healthy (1%).
+    history = flat_loss_with_default_init(0.01)
+    history.samples[1].update_ratio = {"conv": 0.165, "fc": 0.01}
+    finding = check("loss_stagnation", history)
+    assert finding.evidence["cause"] == "learning_rate_too_large" and finding.evidence["peak_update_ratio"] == 0.165
+    assert finding.prescriptions[0].config == ["train.lr=1e-07"]

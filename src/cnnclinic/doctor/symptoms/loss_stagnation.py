@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from cnnclinic.doctor.finding import Finding, Prescription
 from cnnclinic.doctor.history import SQUASHING_KINDS, TrainingHistory
-from cnnclinic.doctor.symptoms._shared import batchnorm, median, scaled_lr
+from cnnclinic.doctor.symptoms._shared import batchnorm, learning_rate_evidence, median, scaled_lr
 from cnnclinic.doctor.symptoms.base import Symptom, register
 
 
@@ -19,7 +19,10 @@ class LossStagnation(Symptom):
       scale is far from He/Xavier, so the signal dies in the forward pass;
     - ``learning_rate_too_small``: the measured update-to-weight ratio ‖Δw‖/‖w‖ per step is far below the
       healthy ~1e-3, so the weights hardly change;
-    - ``learning_rate_too_large``: the ratio is far above it, the optimizer jumps across the valley;
+    - ``learning_rate_too_large``: the ratio is far above it, the optimizer jumps across the valley, or
+      single steps moved a layer by ``lr_update_ratio`` of its weights (checked before the median ratio: the
+      weights such steps inflate make the later ratios look small; measured: SGD with momentum at lr 2.0,
+      train seed 2 of the repair benchmark's exploding case, peak 0.165, last ratios 0.01, loss at chance);
     - ``bad_initialization`` too when the weights do move but the logits stay collapsed (every input gets
       the same output). Checked after the learning rate: PyTorch's default initialisation starts a deep
       CNN with logits spread by ~1e-3, which stays so only while the weights do not move (measured: the
@@ -31,9 +34,14 @@ class LossStagnation(Symptom):
     When a gradient or activation pathology (vanishing/exploding gradient, dying ReLU, saturation) is found
     too, it is the root cause and this finding is folded into its evidence instead of reported.
 
-    **Evidence.** Per-step losses over the last ``window`` steps: the relative improvement of the mean of the
-    second half over the first half is below ``min_improvement`` while the loss has come down less than
-    ``max_progress`` (relative) from its initial value. Cause from the sampled update ratios (median over
+    **Evidence.** Per-step losses over the last ``window`` steps (or ``window_epochs`` whole epochs when they
+    are fewer steps, but at least ``min_window``: a loss flat for 4 epochs of 13 steps is as flat as one flat
+    for 100 steps, and the user should not wait 8 epochs to hear it): the relative improvement of the mean of
+    the second half over the first half is below ``min_improvement`` while the loss has come down less than
+    ``max_progress`` (relative) from its initial value. Measured on the per-step losses of 101 run folders
+    of the demo and the repair benchmark (``--seeds 0,1,2``): the epoch window fires on no run that learns;
+    of the runs stuck at chance it names the same ones as 100 steps do, at the same step (25-step epochs)
+    or 48 steps earlier (13-step epochs), plus the lr-2.0 run that 100 steps never reached (78 steps). Cause from the sampled update ratios (median over
     layers; below ``small_update_ratio`` or above ``large_update_ratio``), the logit spread across the batch
     (below ``collapsed_logit_spread``), the initial weight scale std(w)/sqrt(2/fan_in) (median outside
     [1/``init_scale_factor``, ``init_scale_factor``]) and parameters per training sample (above
@@ -48,6 +56,9 @@ class LossStagnation(Symptom):
     @dataclass
     class Thresholds:
         window: int = field(default=100, metadata={"help": "steps the loss must stay flat"})
+        window_epochs: int = field(default=4, metadata={"help": "or this many whole epochs, when fewer steps"})
+        min_window: int = field(default=50, metadata={"help": "fewest steps of a window"})
+        lr_update_ratio: float = field(default=0.15, metadata={"help": "peak update/weight ratio: LR too large"})
         min_improvement: float = field(default=0.01, metadata={"help": "relative gain across the window"})
         max_progress: float = field(default=0.2, metadata={"help": "relative drop from the initial loss"})
         small_update_ratio: float = field(default=1e-4, metadata={"help": "update/weight ratio: LR too small"})
@@ -57,9 +68,12 @@ class LossStagnation(Symptom):
         params_per_sample: float = field(default=1000.0, metadata={"help": "parameters per training sample"})
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
-        losses = list(history.losses)[-t.window :]
+        window = t.window
+        if history.epochs and history.epochs[0].steps > 0:
+            window = min(window, max(t.min_window, t.window_epochs * history.epochs[0].steps))
+        losses = list(history.losses)[-window:]
         initial = history.initial_loss
-        if history.step + 1 < t.window or len(losses) < t.window or not initial or initial <= 0:
+        if len(losses) < window or not initial or initial <= 0:
             return None
         if not all(math.isfinite(v) for v in losses):
             return None
@@ -82,7 +96,7 @@ class LossStagnation(Symptom):
             self.id,
             "warning",
             evidence,
-            f"The loss has stayed flat around {after:.3g} for {t.window} steps; most likely cause: "
+            f"The loss has stayed flat around {after:.3g} for {window} steps; most likely cause: "
             f"{cause.replace('_', ' ')}.",
             prescriptions,
         )
@@ -109,16 +123,18 @@ class LossStagnation(Symptom):
         ]
         if not (1 / t.init_scale_factor <= init_scale <= t.init_scale_factor or math.isnan(init_scale)):
             return bad_initialization
+        steps = learning_rate_evidence(history, t.lr_update_ratio)
+        evidence["peak_update_ratio"] = steps["peak_update_ratio"]
+        if steps["learning_rate_too_high"] or update_ratio > t.large_update_ratio:
+            return "learning_rate_too_large", [
+                Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10."),
+                Prescription(["train.grad_clip=1.0"], "Clip the gradient norm to 1."),
+            ]
         if update_ratio < t.small_update_ratio:
             factor = min(1000.0, 10.0 ** math.ceil(math.log10(1e-3 / max(update_ratio, 1e-12))))
             return "learning_rate_too_small", [
                 Prescription([scaled_lr(history, factor)], f"Raise the learning rate {factor:g}x."),
                 Prescription(["train.schedule=cyclic"], "Or let a cyclic schedule sweep a range of learning rates."),
-            ]
-        if update_ratio > t.large_update_ratio:
-            return "learning_rate_too_large", [
-                Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10."),
-                Prescription(["train.grad_clip=1.0"], "Clip the gradient norm to 1."),
             ]
         if logit_spread < t.collapsed_logit_spread:
             return bad_initialization
