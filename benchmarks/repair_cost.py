@@ -118,7 +118,8 @@ def measure(case: Case, out: Path) -> Measured:
     final = build_config(treatment["final_config"]).with_overrides(["train.early_stopping_patience=null"])
     healthy, healthy_wall, healthy_cpu = timed(lambda: train(final, out / case.name / "healthy", console=quiet, report=False))
     original = treatment.get("original", {})
-    symptoms = [f["symptom"] for f in original.get("findings", [])]
+    # No attempt: the kept run is the original run, and its findings are the final ones.
+    symptoms = [f["symptom"] for f in original["findings"]] if original else treatment["final"]["findings"]
     found = case.expected_symptom in symptoms
     # Judged on the yardstick of the first pathology auto-repair treated (treatment.json "judged"): a
     # lagging class on its AUC, overfitting on the last epochs' mean accuracy, the rest on val accuracy.
@@ -130,7 +131,9 @@ def measure(case: Case, out: Path) -> Measured:
     gone = case.expected_symptom not in treatment["final"]["findings"]
     cured = found and treatment["kept_attempt"] > 0 and gone and improved
     return Measured(
-        case, found, [" ".join(a["change"]) + f" ({a['verdict']})" for a in treatment["attempts"]],
+        case, found,
+        [" ".join(a["change"]) + f" ({a['verdict']})" for a in treatment["attempts"]]
+        + [f"{u['symptom']} untreated: {u['epochs_needed']} epochs needed, {u['epochs_left']:g} left" for u in treatment["untreated"]],
         treatment["kept_attempt"], sorted(set(symptoms) - {case.expected_symptom}),
         None if judged_before is None else judged_before["metric_name"], before, after, cured,
         repair_wall, repair_cpu, healthy_wall, healthy_cpu, (len(healthy.history), final.train.epochs),

@@ -152,4 +152,5 @@ def test_a_flat_loss_after_overshooting_steps_blames_a_too_large_learning_rate()
     history.samples[1].update_ratio = {"conv": 0.165, "fc": 0.01}
     finding = check("loss_stagnation", history)
     assert finding.evidence["cause"] == "learning_rate_too_large" and finding.evidence["peak_update_ratio"] == 0.165
+    assert finding.evidence["learning_rate_too_high"]  # auto-repair then restarts weights left at chance
     assert finding.prescriptions[0].config == ["train.lr=1e-07"]

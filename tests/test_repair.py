@@ -307,6 +307,21 @@ def test_the_budget_never_starts_an_attempt_it_cannot_pay_for_in_full(tmp_path: 
     assert treatment["epochs_spent"] == pytest.approx(5.0) and treatment["epochs_spent"] <= treatment["epoch_budget"]
 
 
+def test_a_finding_the_budget_cannot_treat_is_named_with_its_cure(tmp_path: Path) -> None:
+    # A budget of 1 x train.epochs: once the vanishing gradient is found, a fresh restart (4 epochs) no longer
+    # fits. The run trains on, untouched, and the user is told what was not treated and how to apply the cure.
+    output = io.StringIO()
+    sick = tiny(*PATHOLOGIES["vanishing_gradient"][0], "repair.epoch_budget=1.0")
+    result = auto_repair(sick, tmp_path / "run", console=Console(file=output, width=300), report=False)
+    treatment = result.treatment
+    assert treatment["attempts"] == [] and len(result.run.history) == 4
+    untreated = next(record for record in treatment["untreated"] if record["symptom"] == "vanishing_gradient")
+    assert untreated["epoch"] == 1 and untreated["start"] == "fresh"
+    assert untreated["cure"][0] == "model.activation=relu" and untreated["epochs_needed"] == 4 > untreated["epochs_left"]
+    line = next(line for line in output.getvalue().splitlines() if "vanishing_gradient (epoch 1) was not treated" in line)
+    assert "repair.epoch_budget" in line and "--set model.activation=relu" in line
+
+
 def test_auto_repair_options_are_checked(tmp_path: Path) -> None:
     runner = CliRunner()
     resumed = runner.invoke(app, ["train", "--resume", str(tmp_path), "--auto-repair"])

@@ -307,6 +307,8 @@ class _RepairLoop:
         self.attempts: list[dict[str, Any]] = []
         self.tried: dict[tuple[str, str | None], set[tuple[str, ...]]] = {}
         self.completion: dict[str, Any] | None = None
+        # Findings with a cure left that the budget could not pay for when they appeared, by key.
+        self.unaffordable: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------------ the loop
     def run(self) -> RepairResult:
@@ -459,7 +461,14 @@ class _RepairLoop:
         best = _history_metric(trainer, trainer.history, trainer.best_epoch)
         fresh = best is None or starts_fresh(prescription, finding, best)
         # The run's own best epoch; a cure's weights have trained longer, so this never underestimates.
-        return room >= self.attempt_epochs(0 if fresh else trainer.best_epoch or 0)
+        needed = self.attempt_epochs(0 if fresh else trainer.best_epoch or 0)
+        if room < needed:
+            self.unaffordable.setdefault(finding.key, {
+                "symptom": finding.symptom, "subject": finding.subject, "epoch": finding.epoch,
+                "cure": list(prescription.config), "start": "fresh" if fresh else "warm",
+                "epochs_needed": needed, "epochs_left": round(max(room, 0.0), 2),
+            })
+        return room >= needed
 
     # ------------------------------------------------------------------------------------ training
     def _train(
@@ -508,6 +517,14 @@ class _RepairLoop:
         treatment = self._write_treatment(kept, original)
         if self.attempts:
             self._print_summary(kept)
+        for untreated in treatment["untreated"]:
+            self.console.print(
+                f"[yellow]auto-repair:[/] {untreated['symptom']} (epoch {untreated['epoch']}) was not treated: its "
+                f"cure {' '.join(untreated['cure'])} needs {untreated['epochs_needed']} epochs ({untreated['start']} "
+                f"start) and the budget had {untreated['epochs_left']:g} left; raise repair.epoch_budget or train "
+                f"with --set {' --set '.join(untreated['cure'])}",
+                highlight=False,
+            )
         if self.report:
             # Attempts train without a report; RUN_DIR now holds the kept attempt and its treatment history,
             # and its report shows both.
@@ -544,6 +561,8 @@ class _RepairLoop:
             },
             # The kept attempt trained on to its end after later cures failed (None: not needed).
             "completion": self.completion,
+            # Findings of the kept run whose next cure the budget could not pay for when they appeared.
+            "untreated": [record for key, record in self.unaffordable.items() if key in kept.finding_keys],
             "epochs_spent": round(self.spent, 3),
             "epoch_budget": self.budget,
         }

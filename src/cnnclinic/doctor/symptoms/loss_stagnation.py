@@ -123,8 +123,9 @@ class LossStagnation(Symptom):
         ]
         if not (1 / t.init_scale_factor <= init_scale <= t.init_scale_factor or math.isnan(init_scale)):
             return bad_initialization
+        # learning_rate_too_high in the evidence also tells auto-repair that weights at chance are damaged.
         steps = learning_rate_evidence(history, t.lr_update_ratio)
-        evidence["peak_update_ratio"] = steps["peak_update_ratio"]
+        evidence.update(steps)
         if steps["learning_rate_too_high"] or update_ratio > t.large_update_ratio:
             return "learning_rate_too_large", [
                 Prescription([scaled_lr(history, 0.1)], "Divide the learning rate by 10."),
