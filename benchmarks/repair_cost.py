@@ -133,7 +133,8 @@ def measure(case: Case, out: Path) -> Measured:
     return Measured(
         case, found,
         [" ".join(a["change"]) + f" ({a['verdict']})" for a in treatment["attempts"]]
-        + [f"{u['symptom']} untreated: {u['epochs_needed']} epochs needed, {u['epochs_left']:g} left" for u in treatment["untreated"]],
+        + [f"{u['symptom']}{'' if u['subject'] is None else '[' + u['subject'] + ']'} untreated: {u['epochs_needed']} epochs "
+           f"needed, {u['epochs_left']:g} left" for u in treatment["untreated"]],
         treatment["kept_attempt"], sorted(set(symptoms) - {case.expected_symptom}),
         None if judged_before is None else judged_before["metric_name"], before, after, cured,
         repair_wall, repair_cpu, healthy_wall, healthy_cpu, (len(healthy.history), final.train.epochs),

@@ -518,11 +518,12 @@ class _RepairLoop:
         if self.attempts:
             self._print_summary(kept)
         for untreated in treatment["untreated"]:
+            subject = "" if untreated["subject"] is None else f" for '{untreated['subject']}'"
             self.console.print(
-                f"[yellow]auto-repair:[/] {untreated['symptom']} (epoch {untreated['epoch']}) was not treated: its "
-                f"cure {' '.join(untreated['cure'])} needs {untreated['epochs_needed']} epochs ({untreated['start']} "
-                f"start) and the budget had {untreated['epochs_left']:g} left; raise repair.epoch_budget or train "
-                f"with --set {' --set '.join(untreated['cure'])}",
+                f"[yellow]auto-repair:[/] {untreated['symptom']}{subject} (epoch {untreated['epoch']}) was not "
+                f"treated: its cure {' '.join(untreated['cure'])} needs {untreated['epochs_needed']} epochs "
+                f"({untreated['start']} start) and the budget had {untreated['epochs_left']:g} left; raise "
+                f"repair.epoch_budget or train with --set {' --set '.join(untreated['cure'])}",
                 highlight=False,
             )
         if self.report:
