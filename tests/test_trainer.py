@@ -201,6 +201,16 @@ def test_resume_of_a_folder_that_is_not_a_run_is_a_user_error(fish_dir, tmp_path
         train(tiny_config(fish_dir), tmp_path, console=quiet(), resume=True)
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_train_again(fish_dir, tmp_path):
+    # What a kill inside epoch 1 leaves: the run's config (and maybe epoch 1's metrics), no training state.
+    run = tmp_path / "run"
+    train(tiny_config(fish_dir, **{"train.epochs": 1}), run, console=quiet(), report=False)
+    (run / "checkpoints" / "last.state.pt").unlink()
+    with pytest.raises(UserError, match="stopped before its first checkpoint") as error:
+        train(tiny_config(fish_dir), run, console=quiet(), resume=True)
+    assert "train it again" in str(error.value)
+
+
 def test_early_stopping_counts_epochs_without_a_lower_val_loss(fish_dir, tmp_path):
     trainer = Trainer(tiny_config(fish_dir, **{"train.early_stopping_patience": 2}), tmp_path)
     for val_loss in (1.0, 0.9, 0.95):

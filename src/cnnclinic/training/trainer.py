@@ -643,8 +643,11 @@ class Trainer:
 
     def _resumable_state(self) -> dict[str, Any]:
         checkpoints = self.run_dir / "checkpoints"
-        if not (checkpoints / "last.state.pt").is_file() or not (checkpoints / "last.safetensors").is_file():
-            raise UserError(f"{self.run_dir} is not a cnnclinic run that can be resumed (no checkpoints/last.*)")
+        if not (checkpoints / "last.state.pt").is_file():
+            if (self.run_dir / "config.yaml").is_file():
+                raise UserError(f"{self.run_dir} stopped before its first checkpoint was written: nothing to resume; "
+                                "train it again (same --out)")
+            raise UserError(f"{self.run_dir} is not a cnnclinic run that can be resumed (no checkpoints/last.state.pt)")
         if self.dist.is_main:  # another process's leftovers may be rank 0's writes in progress
             for folder in (self.run_dir, checkpoints):
                 remove_partial_writes(folder)
