@@ -175,7 +175,7 @@ def test_data_and_config_problems_stop_with_one_line(tmp_path: Path, cli_main, c
             csv_path = _groups_csv(data, tmp_path / "g.csv", [f"{name};c1" for name in images], header="image;clip")
         else:
             csv_path = tmp_path / "g.csv"
-            csv_path.write_bytes("image;video\n".encode() + "".join(f"{n};vidéo\n" for n in images).encode("latin-1"))
+            csv_path.write_bytes(b"image;video\n" + "".join(f"{n};vidéo\n" for n in images).encode("latin-1"))
         args += ["--groups", csv_path, "--group-column", "video"]
     elif case == "val_dir_other_classes":
         _colour_folder(data, ["bream", "perch"])

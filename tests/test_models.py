@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from cnnclinic.config import ModelConfig
 from cnnclinic.errors import UserError
 from cnnclinic.models import MODELS, build_model, count_parameters
 from cnnclinic.models.layers import ACTIVATIONS, CBAM, ResidualBlock
-from torchvision.ops import SqueezeExcitation
 
 
 def plain(num_classes: int = 5, image_size: int = 32, **switches) -> nn.Module:

@@ -75,9 +75,8 @@ def test_report_opens_in_chromium_without_errors_or_broken_images(browser, tmp_p
     if given:
         report, screenshot = Path(given).resolve(), README_SCREENSHOT
     else:
-        from test_report import make_run_dir
-
         from cnnclinic.report import write_report
+        from test_report import make_run_dir
 
         report, screenshot = write_report(make_run_dir(tmp_path)), tmp_path / "report.png"
     browser.get(report.as_uri())

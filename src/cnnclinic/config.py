@@ -74,7 +74,7 @@ class DataConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "DataConfig":
+    def _fractions_leave_training_data(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
         if self.groups_csv and not self.group_column:
@@ -158,7 +158,7 @@ class Config(_Section):
     doctor: DoctorConfig = DoctorConfig()
     repair: RepairConfig = RepairConfig()
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Config:
         """A new config with dotted-key overrides applied (``["model.activation=elu"]`` or a dict)."""
         return build_config(base=self.to_dict(), overrides=overrides)
 

@@ -56,7 +56,7 @@ class CachedImageDataset(Dataset):
             image = self.augment(image, label)
         return to_normalised_float(image), label
 
-    def subset(self, indices: torch.Tensor | list[int]) -> "CachedImageDataset":
+    def subset(self, indices: torch.Tensor | list[int]) -> CachedImageDataset:
         """The images at ``indices`` (in that order), without augmentation."""
         index = torch.as_tensor(indices, dtype=torch.int64)
         picked = index.tolist()
@@ -67,6 +67,6 @@ class CachedImageDataset(Dataset):
             None if self.groups is None else [self.groups[i] for i in picked],
         )
 
-    def with_augment(self, augment: Augment | None) -> "CachedImageDataset":
+    def with_augment(self, augment: Augment | None) -> CachedImageDataset:
         """The same images (shared, not copied) served through ``augment``."""
         return CachedImageDataset(self.images, self.targets, self.paths, self.groups, augment)

@@ -23,7 +23,7 @@ class DataCheck:
     id: ClassVar[str]
     Thresholds: ClassVar[type]
 
-    def check(self, view: "DataView", thresholds: Any) -> list[Finding]:
+    def check(self, view: DataView, thresholds: Any) -> list[Finding]:
         raise NotImplementedError
 
     def finding(self, **fields: Any) -> Finding:

@@ -25,7 +25,7 @@ class OutOfSamplePredictions:
     source: str
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, num_classes: int) -> "OutOfSamplePredictions":
+    def from_run(cls, run_dir: str | Path, num_classes: int) -> OutOfSamplePredictions:
         path = Path(run_dir) / "val_predictions.npz"
         if not path.is_file():
             raise UserError(f"--run: {path} not found (a finished `cnnclinic train` run writes it)")

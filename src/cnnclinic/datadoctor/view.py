@@ -34,7 +34,7 @@ class DataView:
     notes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_bundle(cls, bundle: Any) -> "DataView":
+    def from_bundle(cls, bundle: Any) -> DataView:
         datasets = [(name, getattr(bundle, name)) for name in SPLITS if getattr(bundle, name, None) is not None]
         images = [dataset.images for _, dataset in datasets]
         features = compute_features(torch.cat(images))

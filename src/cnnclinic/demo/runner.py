@@ -69,7 +69,7 @@ class RunSummary:
     resolved_symptoms: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, result: RunResult, seconds: float) -> "RunSummary":
+    def of(cls, result: RunResult, seconds: float) -> RunSummary:
         last = result.history[-1] if result.history else {}
         recent = result.history[-JUDGED_EPOCHS:]
         accuracies = [r["val_acc"] for r in recent if r.get("val_acc") is not None]

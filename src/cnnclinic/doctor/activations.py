@@ -70,7 +70,7 @@ def measure(output: torch.Tensor, kind: str) -> dict[str, Any]:
 
 
 class _FunctionalActivations(TorchFunctionMode):
-    def __init__(self, capture: "ActivationCapture"):
+    def __init__(self, capture: ActivationCapture):
         super().__init__()
         self.capture = capture
 

@@ -238,7 +238,7 @@ class Doctor:
         self._weights_before_step = None
         self._closed = True
 
-    def __enter__(self) -> "Doctor":
+    def __enter__(self) -> Doctor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

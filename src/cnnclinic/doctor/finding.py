@@ -32,7 +32,7 @@ class Prescription:
         return {"config": list(self.config), "advice": self.advice, "restart": self.restart}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Prescription":
+    def from_dict(cls, data: dict[str, Any]) -> Prescription:
         return cls(config=list(data["config"]), advice=str(data["advice"]), fresh_weights=bool(data.get("restart")))
 
 
@@ -80,7 +80,7 @@ class Finding:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Finding":
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
         return cls(
             symptom=data["symptom"],
             severity=data["severity"],

@@ -11,8 +11,9 @@ a backbone keeps torchvision's own architecture and initialisation.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError

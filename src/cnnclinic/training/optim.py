@@ -14,7 +14,6 @@ settings (``step_epochs``, ``cyclic_step_epochs``, ``epochs``) are converted to 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import (

@@ -22,7 +22,7 @@ class Symptom:
     id: ClassVar[str]
     Thresholds: ClassVar[type]
 
-    def check(self, history: "TrainingHistory", thresholds: Any) -> "Finding | list[Finding] | None":
+    def check(self, history: TrainingHistory, thresholds: Any) -> Finding | list[Finding] | None:
         raise NotImplementedError
 
 
