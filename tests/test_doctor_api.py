@@ -157,7 +157,7 @@ def test_findings_json_round_trip_and_prescriptions_validate() -> None:
 
 
 def test_every_symptoms_prescriptions_are_valid_config() -> None:
-    for name, (symptom, setup) in faulty_setups().items():
+    for name, (_symptom, setup) in faulty_setups().items():
         if name in {"class_3_looks_like_8", "big_mlp_80_images", "deep_sigmoid_stack"}:
             continue  # slow ones are covered elsewhere
         for finding in setup().doctor.findings():
