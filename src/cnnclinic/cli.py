@@ -50,23 +50,43 @@ def _config_from_options(
 
 @app.command("train")
 def train_command(
-    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable), e.g. model.activation=elu.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config override key=value (repeatable), e.g. model.activation=elu."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Number of epochs (train.epochs).")] = None,
-    groups: Annotated[Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")
+    ] = None,
     group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")] = None,
-    auto_repair: Annotated[bool, typer.Option("--auto-repair", help="When the doctor names a pathology, apply its cures, verify them and keep what worked (writes treatment.json).")] = False,
-    max_attempts: Annotated[int | None, typer.Option(help="Most cures --auto-repair tries (repair.max_attempts, default 4).")] = None,
+    auto_repair: Annotated[
+        bool,
+        typer.Option(
+            "--auto-repair",
+            help=(
+                "When the doctor names a pathology, apply its cures, verify them and keep what worked "
+                "(writes treatment.json)."
+            ),
+        ),
+    ] = False,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Most cures --auto-repair tries (repair.max_attempts, default 4).")
+    ] = None,
 ) -> None:
     """Train a classifier, watched by the doctor, and write a run directory."""
     if resume is not None and (auto_repair or max_attempts is not None):
         raise UserError("--auto-repair starts a new run; it cannot be combined with --resume")
     if resume is not None:
         if config is not None:
-            raise UserError("--resume uses the run's own config.yaml; drop --config (use --set or --epochs to change it)")
+            raise UserError(
+                "--resume uses the run's own config.yaml; drop --config (use --set or --epochs to change it)"
+            )
         if out is not None and out.resolve() != resume.resolve():
             raise UserError("--resume continues the run in place; drop --out or give the same folder")
         if not (resume / "config.yaml").is_file():
@@ -155,11 +175,15 @@ def predict_command(
 
 @app.command("lr-find")
 def lr_find_command(
-    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where to save the loss-vs-learning-rate plot.")] = Path("lr_find.png"),
     config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
-    steps: Annotated[int, typer.Option(help="Mini-batches to try, the LR growing exponentially from 1e-7 to 10.")] = 100,
+    steps: Annotated[
+        int, typer.Option(help="Mini-batches to try, the LR growing exponentially from 1e-7 to 10.")
+    ] = 100,
 ) -> None:
     """Smith's learning-rate range test: suggests train.lr for this data, model and optimizer."""
     cfg = _config_from_options(config, set_, data)
@@ -175,13 +199,23 @@ def lr_find_command(
 
 @app.command("inspect")
 def inspect_command(
-    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")] = None,
-    groups: Annotated[Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")
+    ] = None,
     group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
-    run: Annotated[Path | None, typer.Option(help="A run directory: check labels against its out-of-sample (validation) predictions.")] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A run directory: check labels against its out-of-sample (validation) predictions."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to write inspection.json into.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file (its data section is used).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable), e.g. data.image_size=64.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config override key=value (repeatable), e.g. data.image_size=64."),
+    ] = None,
 ) -> None:
     """The data doctor: leakage between splits, suspicious labels, imbalance, small classes, image quality."""
     if data is None and config is None:
@@ -232,19 +266,29 @@ def _parse_class_counts(text: str | None) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--class-counts expects whole numbers separated by commas (like 200,50,50), got {text!r}") from None
+        raise UserError(
+            f"--class-counts expects whole numbers separated by commas (like 200,50,50), got {text!r}"
+        ) from None
 
 
 @app.command("make-fish")
 def make_fish_command(
     out_dir: Annotated[Path, typer.Argument(help="New folder to write (one sub-folder per species).")],
-    species: Annotated[int | None, typer.Option(help="Number of species, 2-12 (default 5, or as many as --class-counts).")] = None,
+    species: Annotated[
+        int | None, typer.Option(help="Number of species, 2-12 (default 5, or as many as --class-counts).")
+    ] = None,
     per_class: Annotated[int, typer.Option(help="Images per species.")] = 120,
     size: Annotated[int, typer.Option(help="Image width and height in pixels (16-512).")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files, byte for byte.")] = 0,
-    class_counts: Annotated[str | None, typer.Option(help="Images per species, comma separated (e.g. 200,50,50): an imbalanced set.")] = None,
-    hard_species: Annotated[int | None, typer.Option(help="Species K becomes 'species_x', a twin of species 0 with other fin colour only.")] = None,
-    hard_blur: Annotated[float, typer.Option(help="Extra Gaussian blur (pixels at 64 px) on the hard species' photos.")] = 0.0,
+    class_counts: Annotated[
+        str | None, typer.Option(help="Images per species, comma separated (e.g. 200,50,50): an imbalanced set.")
+    ] = None,
+    hard_species: Annotated[
+        int | None, typer.Option(help="Species K becomes 'species_x', a twin of species 0 with other fin colour only.")
+    ] = None,
+    hard_blur: Annotated[
+        float, typer.Option(help="Extra Gaussian blur (pixels at 64 px) on the hard species' photos.")
+    ] = 0.0,
 ) -> None:
     """Draw a synthetic fish data set: species differ by body shape, tail, pattern and colours, on water."""
     from cnnclinic.data.synthetic import generate_synthetic_fish
@@ -273,8 +317,12 @@ def make_fish_command(
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for results.json and every run directory.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Smaller data and fewer epochs (about 2 minutes).")] = False,
-    data: Annotated[Path | None, typer.Option(help="Your image folder (one sub-folder per class) instead of synthetic fish.")] = None,
-    groups: Annotated[Path | None, typer.Option(help="CSV giving each image of --data a group (e.g. its video).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Your image folder (one sub-folder per class) instead of synthetic fish.")
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV giving each image of --data a group (e.g. its video).")
+    ] = None,
     group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
     case: Annotated[list[str] | None, typer.Option(help="Run only this case (repeatable); default: all five.")] = None,
 ) -> None:

@@ -20,7 +20,9 @@ def _standard_transforms(cfg: AugmentConfig, image_size: int) -> list[v2.Transfo
         steps.append(v2.RandomRotation(cfg.rotation))
     if cfg.color_jitter > 0:
         strength = cfg.color_jitter
-        steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=min(strength / 4, 0.5)))
+        steps.append(
+            v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=min(strength / 4, 0.5))
+        )
     if cfg.policy == "trivialaugment":
         steps.append(v2.TrivialAugmentWide())
     elif cfg.policy == "randaugment":

@@ -82,7 +82,9 @@ class _Images:
 def _load_folder(root: Path, cfg: DataConfig, console: Console | None, what: str) -> _Images:
     scan = scan_folder(root, what)
     if len(scan.class_names) < 2:
-        raise UserError(f"{what} {root} has only one class folder ({scan.class_names[0]}); a classifier needs at least 2")
+        raise UserError(
+            f"{what} {root} has only one class folder ({scan.class_names[0]}); a classifier needs at least 2"
+        )
     if not scan.files:
         raise UserError(f"{what} {root} holds no files in its class folders ({', '.join(scan.class_names)})")
     decoded = decode_folder(scan, cfg.image_size, console=console)
@@ -133,14 +135,21 @@ def _resolve_csv(csv: str, root: Path | None) -> Path:
 def _check_same_classes(train: list[str], val: list[str], root: Path, val_root: Path) -> None:
     only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
     if only_train or only_val:
-        parts = [f"only in {folder}: {', '.join(names)}" for folder, names in ((root, only_train), (val_root, only_val)) if names]
+        parts = [
+            f"only in {folder}: {', '.join(names)}"
+            for folder, names in ((root, only_train), (val_root, only_val))
+            if names
+        ]
         raise UserError(f"data.val_dir has other classes than the data folder ({'; '.join(parts)})")
 
 
 def _summary_line(summary: dict, skipped: list[SkippedFile]) -> str:
     totals = {split: sum(counts.values()) for split, counts in summary["counts"].items()}
     splits = ", ".join(f"{split} {n}" for split, n in totals.items())
-    line = f"data: {sum(totals.values())} images of {len(summary['class_names'])} classes from {summary['source']} ({splits})"
+    line = (
+        f"data: {sum(totals.values())} images of {len(summary['class_names'])} classes "
+        f"from {summary['source']} ({splits})"
+    )
     if skipped:
         line += f"; skipped {len(skipped)} unreadable files, e.g. {skipped[0].path} ({skipped[0].reason})"
     return line
@@ -184,7 +193,9 @@ def load_data(cfg: DataConfig, *, console: Console | None = None) -> DataBundle:
         for split, data in splits.items()
     }
     group_counts = (
-        {split: len(set(data.groups)) for split, data in splits.items() if data.groups is not None} if groups is not None else None
+        {split: len(set(data.groups)) for split, data in splits.items() if data.groups is not None}
+        if groups is not None
+        else None
     )
     summary = {
         "source": str(root) if root is not None and cfg.source not in BUILTIN_SOURCES else cfg.source,

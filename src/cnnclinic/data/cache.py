@@ -96,7 +96,9 @@ def decode_folder(scan: FolderScan, image_size: int, *, console: Console | None 
             _write_atomically(payload, entry)
         except OSError as error:
             if console is not None:
-                console.print(f"[yellow]note:[/] could not write the image cache ({escape(str(error))}); decoding again next run")
+                console.print(
+                    f"[yellow]note:[/] could not write the image cache ({escape(str(error))}); decoding again next run"
+                )
     return DecodedFolder(
         images=payload["images"],
         files=[scan.files[i] for i in payload["kept"]],

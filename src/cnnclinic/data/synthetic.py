@@ -27,7 +27,9 @@ GENERATOR_VERSION = 3
 
 RGB = tuple[int, int, int]
 BRONZE, OLIVE, SILVER, BROWN = (160, 125, 70), (105, 118, 62), (168, 172, 178), (125, 92, 62)
-DARK_FIN, GREY_FIN, ORANGE_FIN, RED_FIN, OLIVE_FIN = (72, 72, 82), (135, 135, 140), (205, 112, 50), (185, 58, 48), (98, 100, 56)
+DARK_FIN, GREY_FIN, ORANGE_FIN, RED_FIN, OLIVE_FIN = (
+    (72, 72, 82), (135, 135, 140), (205, 112, 50), (185, 58, 48), (98, 100, 56)
+)
 # Species X's dorsal and pectoral fins: rust red where species 0 has dark grey - the only thing that tells
 # them apart, a few pixels at 32 px. A darker red (112, 74, 70) on every fin was never learned by the demo's
 # CNN (twin AUC 0.88, that of a coin toss between the twins); a bright one (195, 65, 45) is learned at once.
@@ -78,7 +80,9 @@ def species_roster(species: int, hard_species: int | None = None) -> list[Specie
 
 
 def _jitter_colour(rng: np.random.Generator, colour: RGB, spread: float) -> np.ndarray:
-    return np.clip(np.asarray(colour, dtype=np.float64) * rng.uniform(1 - spread, 1 + spread) + rng.normal(0, 6, 3), 0, 255)
+    return np.clip(
+        np.asarray(colour, dtype=np.float64) * rng.uniform(1 - spread, 1 + spread) + rng.normal(0, 6, 3), 0, 255
+    )
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
@@ -115,7 +119,9 @@ def _tail_polygon(shape: str, tail: float, spread: float, peduncle: float, px: f
     elif shape == "square":
         upper = [(0.0, peduncle), (tail, spread * 0.85), (tail, 0.0)]
     elif shape == "round":
-        upper = [(0.0, peduncle)] + [(-tail * np.cos(t), -spread * 1.1 * np.sin(t)) for t in np.linspace(1.3 * np.pi, np.pi, 5)]
+        upper = [(0.0, peduncle)] + [
+            (-tail * np.cos(t), -spread * 1.1 * np.sin(t)) for t in np.linspace(1.3 * np.pi, np.pi, 5)
+        ]
     else:  # pointed
         upper = [(0.0, peduncle), (tail * 0.6, spread * 0.45), (tail * 1.15, 0.0)]
     lower = [(back, -down) for back, down in reversed(upper) if down > 1e-9]
@@ -141,7 +147,10 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
     peduncle, spread, tail = 0.07 * length, max(b * 1.05, 0.17 * length), 0.26 * length * rng.uniform(0.85, 1.15)
     draw.polygon(_tail_polygon(recipe.tail, tail, spread, peduncle, ox - a * 0.9, oy), fill=225)
     narrow, wide = (ox - a * 0.95, peduncle), (ox - a * 0.6, b * 0.7)  # the tail's root, joining the body
-    draw.polygon([(narrow[0], oy - narrow[1]), (wide[0], oy - wide[1]), (wide[0], oy + wide[1]), (narrow[0], oy + narrow[1])], fill=255)
+    draw.polygon(
+        [(narrow[0], oy - narrow[1]), (wide[0], oy - wide[1]), (wide[0], oy + wide[1]), (narrow[0], oy + narrow[1])],
+        fill=255,
+    )
     dorsal, draw_dorsal = mask()
     draw_dorsal.polygon(_dorsal_polygon(*recipe.dorsal, length, a, b, ox, oy), fill=225)
     anal = _dorsal_polygon(-0.28, -0.12, 0.07, length, a, b, ox, oy)
@@ -183,7 +192,9 @@ def _draw_fish(rng: np.random.Generator, recipe: Species, length: float) -> Imag
     draw.arc(gill, 120, 240, fill=tuple(int(c) for c in body_colour * 0.55) + (255,), width=max(1, int(length * 0.01)))
     eye_x, eye_y, eye_r = ox + a * 0.72, oy - b * 0.22, 0.035 * length
     draw.ellipse([eye_x - eye_r, eye_y - eye_r, eye_x + eye_r, eye_y + eye_r], fill=(225, 220, 190, 255))
-    draw.ellipse([eye_x - eye_r * 0.55, eye_y - eye_r * 0.55, eye_x + eye_r * 0.55, eye_y + eye_r * 0.55], fill=(15, 15, 15, 255))
+    draw.ellipse(
+        [eye_x - eye_r * 0.55, eye_y - eye_r * 0.55, eye_x + eye_r * 0.55, eye_y + eye_r * 0.55], fill=(15, 15, 15, 255)
+    )
     return fish.crop(fish.getbbox())
 
 
@@ -225,7 +236,8 @@ def _filed_under(roster: list[Species], index: int, mislabelled: float, rng: np.
 
 
 def _validate(
-    species: int, per_class: int, size: int, seed: int, class_counts: list[int] | None, hard_species: int | None, hard_blur: float
+    species: int, per_class: int, size: int, seed: int,
+    class_counts: list[int] | None, hard_species: int | None, hard_blur: float,
 ) -> list[int]:
     if not 2 <= species <= MAX_SPECIES:
         raise UserError(f"synthetic fish: species must be between 2 and {MAX_SPECIES}, got {species}")
@@ -236,9 +248,14 @@ def _validate(
             raise UserError(f"synthetic fish: per_class must be at least 1, got {per_class}")
         class_counts = [per_class] * species
     if len(class_counts) != species or min(class_counts) < 1:
-        raise UserError(f"synthetic fish: class_counts needs {species} positive counts (one per species), got {class_counts}")
+        raise UserError(
+            f"synthetic fish: class_counts needs {species} positive counts (one per species), got {class_counts}"
+        )
     if hard_species is not None and not 1 <= hard_species < species:
-        raise UserError(f"synthetic fish: hard_species must be between 1 and {species - 1} (species 0 is its twin), got {hard_species}")
+        raise UserError(
+            f"synthetic fish: hard_species must be between 1 and {species - 1} (species 0 is its twin), "
+            f"got {hard_species}"
+        )
     if seed < 0:
         raise UserError(f"synthetic fish: seed must be >= 0, got {seed}")
     if hard_blur < 0:
@@ -280,7 +297,9 @@ def generate_synthetic_fish(
                 for number in range(count):
                     # One generator per photo: changing one class's count leaves every other photo as it was.
                     rng = np.random.default_rng([seed, index, number])
-                    folder = out / _filed_under(roster, index, mislabelled, np.random.default_rng([seed, index, number, 1]))
+                    folder = out / _filed_under(
+                        roster, index, mislabelled, np.random.default_rng([seed, index, number, 1])
+                    )
                     render_fish_photo(rng, recipe, size, extra_blur).save(folder / f"{recipe.name}_{number:04d}.png")
                     progress.advance(task)
         except BaseException:

@@ -52,7 +52,9 @@ class ClassImbalance(DataCheck):
                     "and the rare one is learned last, if at all."
                 ),
                 prescriptions=[
-                    Prescription(["data.balanced_sampling=true"], "Sample batches so every class is seen equally often."),
+                    Prescription(
+                        ["data.balanced_sampling=true"], "Sample batches so every class is seen equally often."
+                    ),
                     Prescription(["train.loss=weighted_cross_entropy"], "Weight the loss by inverse class frequency."),
                     Prescription([], f"Collect more {rarest} photos."),
                 ],

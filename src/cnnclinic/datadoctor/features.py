@@ -57,9 +57,14 @@ def _batch_features(images: torch.Tensor) -> dict[str, torch.Tensor]:
     content |= (content.float().mean((1, 2)) < 0.05).view(-1, 1, 1)
     mean, var = _masked_mean_var(pixels, content.unsqueeze(1).float())
     grey = (pixels * _GREY_WEIGHTS.view(1, 3, 1, 1)).sum(1)
-    laplacian = grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    laplacian = (
+        grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] - 4 * grey[:, 1:-1, 1:-1]
+    )
     # Only where the Laplacian's whole cross is content: the edge of the padding is not image sharpness.
-    inner = content[:, 1:-1, 1:-1] & content[:, 1:-1, :-2] & content[:, 1:-1, 2:] & content[:, :-2, 1:-1] & content[:, 2:, 1:-1]
+    inner = (
+        content[:, 1:-1, 1:-1]
+        & content[:, 1:-1, :-2] & content[:, 1:-1, 2:] & content[:, :-2, 1:-1] & content[:, 2:, 1:-1]
+    )
     inner |= (inner.sum((1, 2)) < 9).view(-1, 1, 1)
     _, blur = _masked_mean_var(laplacian, inner.float())
     return {

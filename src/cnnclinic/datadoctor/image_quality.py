@@ -79,7 +79,9 @@ class ImageQuality(DataCheck):
             if factor > t.aspect_factor:
                 note("aspect", "aspect_ratio", f"of another shape (aspect {row['aspect_ratio']:.2f} vs {aspect:.2f})")
         if row["exact_duplicates"]:
-            found["duplicates"] = {"class": row["exact_duplicates"], "words": f"{row['exact_duplicates']} exact duplicate(s)"}
+            found["duplicates"] = {
+                "class": row["exact_duplicates"], "words": f"{row['exact_duplicates']} exact duplicate(s)"
+            }
         return found
 
     def check(self, view: DataView, thresholds: Thresholds) -> list[Finding]:

@@ -91,7 +91,8 @@ def class_data_facts(
         "data_findings": [
             finding.symptom
             for finding in report.findings
-            if finding.subject == class_name or (finding.symptom == "class_imbalance" and finding.evidence["rarest"] == class_name)
+            if finding.subject == class_name
+            or (finding.symptom == "class_imbalance" and finding.evidence["rarest"] == class_name)
         ],
     }
     labels = next((f for f in report.findings if f.symptom == "label_issues"), None)

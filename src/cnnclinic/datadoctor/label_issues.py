@@ -75,7 +75,9 @@ class LabelIssues(DataCheck):
     class Thresholds:
         min_accuracy: float = field(default=0.5, metadata={"help": "model accuracy needed to judge labels"})
         listed: int = field(default=20, metadata={"help": "files listed per class"})
-        min_confidence: float = field(default=0.8, metadata={"help": "model's probability of the class it sees instead"})
+        min_confidence: float = field(
+            default=0.8, metadata={"help": "model's probability of the class it sees instead"}
+        )
 
     def check(self, view: DataView, thresholds: Thresholds) -> list[Finding]:
         predictions = view.predictions

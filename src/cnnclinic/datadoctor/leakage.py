@@ -35,7 +35,11 @@ def twin_shares(view: DataView, near_twin_distance: float, examples: int) -> dic
             "exact_copies": int(exact.sum()),
             "median_nearest_distance": float(np.median(distance)),
             "examples": [
-                {"held_out": view.paths[held_out[k]], "train": view.paths[int(nearest[k])], "distance": float(distance[k])}
+                {
+                    "held_out": view.paths[held_out[k]],
+                    "train": view.paths[int(nearest[k])],
+                    "distance": float(distance[k]),
+                }
                 for k in closest
             ],
         }

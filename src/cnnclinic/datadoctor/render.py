@@ -24,7 +24,10 @@ _COLUMNS = (
 
 
 def class_table(report: InspectionReport) -> Table:
-    table = Table(title="per-class data (blur: Laplacian variance, low = blurry; side, aspect: files as stored)", title_justify="left")
+    table = Table(
+        title="per-class data (blur: Laplacian variance, low = blurry; side, aspect: files as stored)",
+        title_justify="left",
+    )
     table.add_column("class")
     for _, header, _ in _COLUMNS:
         table.add_column(header, justify="right")
@@ -47,7 +50,8 @@ def print_inspection(report: InspectionReport, console: Console) -> None:
     if label_check:
         console.print(
             f"labels checked on {label_check['checked']} out-of-sample predictions "
-            f"(model accuracy {label_check['model_accuracy']:.3f}){'; ' + label_check['skipped'] if 'skipped' in label_check else ''}",
+            f"(model accuracy {label_check['model_accuracy']:.3f})"
+            f"{'; ' + label_check['skipped'] if 'skipped' in label_check else ''}",
             highlight=False,
         )
     for finding in report.findings:

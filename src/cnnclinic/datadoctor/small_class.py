@@ -43,9 +43,13 @@ class SmallClass(DataCheck):
                 continue
             problems = []
             if short_train:
-                problems.append(f"{train[index]} training images (fewer than {thresholds.min_train} is too few to learn)")
+                problems.append(
+                    f"{train[index]} training images (fewer than {thresholds.min_train} is too few to learn)"
+                )
             if short_val:
-                problems.append(f"{val[index]} validation images (fewer than {thresholds.min_val} makes its AUC a coin toss)")
+                problems.append(
+                    f"{val[index]} validation images (fewer than {thresholds.min_val} makes its AUC a coin toss)"
+                )
             prescriptions = [
                 Prescription([], f"Collect more {name} photos."),
                 Prescription([f"data.augment.strong_classes=[{name}]"], f"Augment {name} harder than the others."),

@@ -299,7 +299,8 @@ def results_table(results: list[ScenarioResult]) -> Table:
             _findings_cell(result.treated, expected),
             f"{_percent(result.sick.train_acc)} / {_percent(result.sick.val_acc)}\n"
             f"→ {_percent(result.treated.train_acc)} / {_percent(result.treated.val_acc)}",
-            f"{metric_name}\n{metric_format(result.metric(result.sick))} → {metric_format(result.metric(result.treated))}",
+            f"{metric_name}\n{metric_format(result.metric(result.sick))} → "
+            f"{metric_format(result.metric(result.treated))}",
             "[bold green]yes[/]" if result.cured else "[bold red]no[/]",
         )
     return table

@@ -35,6 +35,11 @@ def render_finding(finding: Finding) -> Panel:
             cures.append(" (retrain from scratch)", style="dim")
         cures.append(f"\n   {prescription.advice}\n")
     subject = f" [{finding.subject}]" if finding.subject else ""
-    title = f"[{style}]{finding.severity.upper()}[/] {finding.symptom}{subject} - epoch {finding.epoch}, step {finding.step}"
-    body = Group(Text(finding.explanation), Text("\nEvidence", style="bold"), evidence, Text("\nCures", style="bold"), cures)
+    title = (
+        f"[{style}]{finding.severity.upper()}[/] {finding.symptom}{subject} - "
+        f"epoch {finding.epoch}, step {finding.step}"
+    )
+    body = Group(
+        Text(finding.explanation), Text("\nEvidence", style="bold"), evidence, Text("\nCures", style="bold"), cures
+    )
     return Panel(body, title=title, title_align="left", border_style=style)

@@ -337,7 +337,9 @@ class _RepairLoop:
             self.console.print(f"[yellow]auto-repair:[/] stopped after repair.max_attempts={len(self.attempts)}")
         return self._finish(self._complete(kept), original)
 
-    def _attempt(self, number: int, kept: AttemptRun, trigger: Finding, prescription: Prescription) -> AttemptRun | None:
+    def _attempt(
+        self, number: int, kept: AttemptRun, trigger: Finding, prescription: Prescription
+    ) -> AttemptRun | None:
         """Train one cure on top of ``kept``; record it in ``self.attempts``; None when the budget cannot pay
         for all of its epochs."""
         folder = self.run_dir / ATTEMPTS_FOLDER / str(number)
@@ -409,14 +411,19 @@ class _RepairLoop:
     def _complete(self, kept: AttemptRun) -> AttemptRun:
         """Train a kept cure that a later finding stopped on to the end of its epochs (the cures for that
         finding failed), so the final model has trained as long as a plain run of its configuration."""
-        if kept.number == 0 or kept.stopped_by is None or kept.stopped_by.severity == "critical" or kept.epochs_left < 1:
+        if (
+            kept.number == 0 or kept.stopped_by is None or kept.stopped_by.severity == "critical"
+            or kept.epochs_left < 1
+        ):
             return kept
         # Stopped inside its first epoch: nothing to resume, it starts again from its own start.
         done = kept.resumable_epoch
         resume = done > 0
-        self.console.rule(f"auto-repair: attempt {kept.number} trains on to its epoch {kept.cfg.train.epochs}", style="cyan")
-        trainer = Trainer(kept.cfg, kept.run_dir, console=self.console, init_weights=None if resume else kept.start_weights,
-                          report=False)
+        self.console.rule(
+            f"auto-repair: attempt {kept.number} trains on to its epoch {kept.cfg.train.epochs}", style="cyan"
+        )
+        trainer = Trainer(kept.cfg, kept.run_dir, console=self.console,
+                          init_weights=None if resume else kept.start_weights, report=False)
         result = trainer.fit(resume=resume)
         self.spent += len(result.history) - done
         self.completion = {"attempt": kept.number, "from_epoch": done, "to_epoch": len(result.history)}

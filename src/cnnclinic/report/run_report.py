@@ -182,7 +182,9 @@ def _images_section(run: RunFiles, model: nn.Module | None, model_note: str, exp
     }
     predictions = run.predictions
     if predictions is None or not predictions.paths:
-        section["highest_loss_note"] = section["gradcam_note"] = "No validation predictions with image paths were saved."
+        section["highest_loss_note"] = section["gradcam_note"] = (
+            "No validation predictions with image paths were saved."
+        )
         return section
     data = run.config.get("data") or {}
     source, image_size = data.get("source"), int(data.get("image_size", 64))
@@ -230,7 +232,10 @@ def _images_section(run: RunFiles, model: nn.Module | None, model_note: str, exp
         return section
     section["gradcam"] = figures.image_grid_figure(
         [to_display(image) for _, image in kept],
-        [f"pred {names[int(predictions.probs[i].argmax())]} · p({explained}) {predictions.probs[i, k]:.2f}" for i, _ in kept],
+        [
+            f"pred {names[int(predictions.probs[i].argmax())]} · p({explained}) {predictions.probs[i, k]:.2f}"
+            for i, _ in kept
+        ],
         heatmaps=list(maps),
     )
     section["gradcam_caption"] = (

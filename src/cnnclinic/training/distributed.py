@@ -37,7 +37,9 @@ T = TypeVar("T")
 class DistributedWeightedSampler(DistributedSampler):
     """Class-balanced draws with replacement, the same on every rank for an epoch; each rank takes its stride."""
 
-    def __init__(self, weights: torch.Tensor, dataset: torch.utils.data.Dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(
+        self, weights: torch.Tensor, dataset: torch.utils.data.Dataset, num_replicas: int, rank: int, seed: int
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.weights = weights
 
@@ -126,7 +128,9 @@ class DistributedContext:
         """The loss of the whole global batch: shard losses weighted by shard size."""
         if not self.active or self.world_size == 1:
             return loss.detach()
-        weighted = torch.stack([loss.detach().float() * batch_size, torch.tensor(float(batch_size), device=loss.device)])
+        weighted = torch.stack(
+            [loss.detach().float() * batch_size, torch.tensor(float(batch_size), device=loss.device)]
+        )
         total, count = self.all_reduce_sum(weighted).unbind()
         return total / count
 
@@ -222,7 +226,9 @@ def init_distributed(device: torch.device, train_cfg: TrainConfig) -> Distribute
     try:
         rank, local_rank, world_size = (int(os.environ[key]) for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     except (KeyError, ValueError):
-        raise UserError("WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not numbers: start cnnclinic with torchrun") from None
+        raise UserError(
+            "WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not numbers: start cnnclinic with torchrun"
+        ) from None
     if train_cfg.batch_size % world_size:
         raise UserError(
             f"train.batch_size={train_cfg.batch_size} is the global batch and must be divisible by the "
@@ -234,7 +240,9 @@ def init_distributed(device: torch.device, train_cfg: TrainConfig) -> Distribute
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
         # Left in place for later runs of this process (auto-repair trains several times); torn down at exit.
         atexit.register(_leave_process_group)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device, active=True)

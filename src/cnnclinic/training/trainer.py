@@ -58,7 +58,9 @@ if TYPE_CHECKING:
     from cnnclinic.doctor import Doctor, Finding
 
 # Files of the run directory a run writes, its report included (a fresh run removes stale ones first).
-RUN_FILES = ("metrics.jsonl", "steps.jsonl", "layer_stats.jsonl", "diagnosis.json", "val_predictions.npz", "report.html")
+RUN_FILES = (
+    "metrics.jsonl", "steps.jsonl", "layer_stats.jsonl", "diagnosis.json", "val_predictions.npz", "report.html"
+)
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 # Room for metrics, step and layer logs, TensorBoard events and the report, beyond the checkpoints.
 LOG_SPACE_BYTES = 20 * 2**20
@@ -143,7 +145,9 @@ def build_training_parts(
     return model, criterion, build_optimizer(model, cfg.train)
 
 
-def find_lr(cfg: Config, plot_path: str | Path, *, console: Console | None = None, num_steps: int = 100) -> LRFinderResult:
+def find_lr(
+    cfg: Config, plot_path: str | Path, *, console: Console | None = None, num_steps: int = 100
+) -> LRFinderResult:
     """Smith's LR range test on the training data of ``cfg``; the loss-vs-LR plot is saved to ``plot_path``."""
     plot_path = Path(plot_path)
     if plot_path.suffix.lower() not in {".png", ".svg", ".pdf"}:
@@ -393,7 +397,9 @@ class Trainer:
             if self.doctor is not None and self.doctor.should_stop:
                 self._request_stop("the Doctor raised a critical finding; the last good checkpoint is kept")
             elif not math.isfinite(loss_value):
-                self._request_stop(f"loss is {loss_value} at step {self.global_step + 1}; the last good checkpoint is kept")
+                self._request_stop(
+                    f"loss is {loss_value} at step {self.global_step + 1}; the last good checkpoint is kept"
+                )
             self._stop_together()
             if self.should_stop:
                 break

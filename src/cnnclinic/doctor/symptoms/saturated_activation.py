@@ -42,7 +42,9 @@ class SaturatedActivation(Symptom):
     class Thresholds:
         saturated_share: float = field(default=0.5, metadata={"help": "share of a layer's outputs in the tails"})
         samples: int = field(default=3, metadata={"help": "consecutive sampled steps it must hold"})
-        deep_stack: int = field(default=3, metadata={"help": "sigmoid/tanh layers from which the activation is the cause"})
+        deep_stack: int = field(
+            default=3, metadata={"help": "sigmoid/tanh layers from which the activation is the cause"}
+        )
 
     def check(self, history: TrainingHistory, t: Thresholds) -> Finding | None:
         recent = history.recent_samples(t.samples)
