@@ -41,7 +41,8 @@ class LossStagnation(Symptom):
     ``max_progress`` (relative) from its initial value. Measured on the per-step losses of 101 run folders
     of the demo and the repair benchmark (``--seeds 0,1,2``): the epoch window fires on no run that learns;
     of the runs stuck at chance it names the same ones as 100 steps do, at the same step (25-step epochs)
-    or 48 steps earlier (13-step epochs), plus the lr-2.0 run that 100 steps never reached (78 steps). Cause from the sampled update ratios (median over
+    or 48 steps earlier (13-step epochs), plus the lr-2.0 run that 100 steps never reached (78 steps).
+    Cause from the sampled update ratios (median over
     layers; below ``small_update_ratio`` or above ``large_update_ratio``), the logit spread across the batch
     (below ``collapsed_logit_spread``), the initial weight scale std(w)/sqrt(2/fan_in) (median outside
     [1/``init_scale_factor``, ``init_scale_factor``]) and parameters per training sample (above
