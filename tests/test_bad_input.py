@@ -26,7 +26,9 @@ from cnnclinic.models import build_model
 from cnnclinic.training.checkpoint import save_weights
 
 COMMAND = [sys.executable, "-m", "cnnclinic.cli"]
-TINY_MODEL = ["--set", "model.depth=1", "--set", "model.width=4", "--set", "model.head=[8]", "--set", "data.image_size=16"]
+TINY_MODEL = [
+    "--set", "model.depth=1", "--set", "model.width=4", "--set", "model.head=[8]", "--set", "data.image_size=16"
+]
 
 
 def assert_one_line_error(code: int | None, stderr: str, *fragments: str) -> str:
@@ -77,7 +79,9 @@ def _png_bomb(path: Path, width: int = 20_000, height: int = 20_000) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_training_on_a_messy_folder_skips_and_lists_bad_files_and_converts_odd_modes(tmp_path: Path) -> None:
@@ -226,10 +230,14 @@ def test_a_full_disk_is_found_before_training_starts(tmp_path: Path, cli_main, m
 
 def _fake_run(run: Path, class_names: list[str], **model) -> Path:
     """A run directory as `train` writes it (config.yaml and best weights), without training."""
-    cfg = build_config(overrides={"data.image_size": 16, "model.depth": 1, "model.width": 4, "model.head": [8], **model})
+    cfg = build_config(
+        overrides={"data.image_size": 16, "model.depth": 1, "model.width": 4, "model.head": [8], **model}
+    )
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(cfg.to_yaml())
-    save_weights(build_model(cfg.model, len(class_names), 16), run / "checkpoints" / "best.safetensors", class_names=class_names)
+    save_weights(
+        build_model(cfg.model, len(class_names), 16), run / "checkpoints" / "best.safetensors", class_names=class_names
+    )
     return run
 
 

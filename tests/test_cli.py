@@ -58,7 +58,8 @@ def test_config_error_from_the_installed_command_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["train", "--data", "synthetic-fish", "--out", "{tmp}/r", "--set", "model.colour=red"], ["unknown key", "model.colour"]),
+        (["train", "--data", "synthetic-fish", "--out", "{tmp}/r", "--set", "model.colour=red"],
+         ["unknown key", "model.colour"]),
         (["train", "--data", "synthetic-fish", "--out", "{tmp}/r", "--set", "train.lr"], ["key=value"]),
         (["train", "--data", "synthetic-fish", "--out", "{tmp}/r", "--epochs", "0"], ["train.epochs"]),
         (["train", "--data", "synthetic-fish", "--out", "{tmp}/r", "--config", "{tmp}/missing.yaml"], ["not found"]),
@@ -132,7 +133,9 @@ def test_predict_shows_top_k_and_names_unreadable_images(run_dir, fish_dir, tmp_
 def test_resume_from_the_command_line_adds_epochs(run_dir, tmp_path, monkeypatch, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    code, out, err = run_main(monkeypatch, capsys, "train", "--resume", copy, "--epochs", "4", "--set", "doctor.enabled=false")
+    code, out, err = run_main(
+        monkeypatch, capsys, "train", "--resume", copy, "--epochs", "4", "--set", "doctor.enabled=false"
+    )
     assert code in (0, None), err
     epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]

@@ -32,7 +32,9 @@ def fish_copy(fish_dir: Path, tmp_path: Path) -> Path:
     return shutil.copytree(fish_dir, tmp_path / "fish")
 
 
-def test_second_load_decodes_nothing_and_gives_the_same_pixels(fish_copy: Path, count_opens: list[str], isolated_cache_dir: Path) -> None:
+def test_second_load_decodes_nothing_and_gives_the_same_pixels(
+    fish_copy: Path, count_opens: list[str], isolated_cache_dir: Path
+) -> None:
     cfg = DataConfig(source=str(fish_copy), image_size=24)
     first = load_data(cfg)
     assert len(count_opens) == 160
@@ -71,7 +73,9 @@ def test_an_unwritable_cache_still_loads(fish_copy: Path, tmp_path: Path, monkey
     assert len(bundle.train) + len(bundle.val) == 160
 
 
-def test_a_damaged_cache_entry_is_decoded_again(fish_copy: Path, isolated_cache_dir: Path, count_opens: list[str]) -> None:
+def test_a_damaged_cache_entry_is_decoded_again(
+    fish_copy: Path, isolated_cache_dir: Path, count_opens: list[str]
+) -> None:
     cfg = DataConfig(source=str(fish_copy), image_size=12)
     before = set((isolated_cache_dir / "decoded").glob("*.pt"))
     expected = load_data(cfg)

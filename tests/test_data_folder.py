@@ -71,7 +71,9 @@ def test_transparent_and_palette_images_are_composited_on_white(tmp_path: Path) 
     assert decode_image(_save(tmp_path / "pt.png", palette, transparency=3), 10)[:, 5, 5].tolist() == [255, 255, 255]
 
 
-def test_bad_files_are_skipped_with_a_reason_and_loading_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_files_are_skipped_with_a_reason_and_loading_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _colour_folder(tmp_path / "my photos", {"brown trout": (150, 90, 40), "чub": (20, 20, 200)}, per_class=5)
     good = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good, format="PNG")

@@ -71,7 +71,9 @@ def test_train_order_is_reproducible_from_the_seed(fish_dir: Path, bundle) -> No
 
 
 def test_augmentation_changes_training_images_only(fish_dir: Path, bundle) -> None:
-    cfg = _config(fish_dir, "data.augment.hflip=true", "data.augment.color_jitter=0.3", "data.augment.random_resized_crop=true")
+    cfg = _config(
+        fish_dir, "data.augment.hflip=true", "data.augment.color_jitter=0.3", "data.augment.random_resized_crop=true"
+    )
     loaders = make_loaders(bundle, cfg)
     augmented = loaders.train.dataset
     assert sum(not torch.equal(augmented[i][0], bundle.train[i][0]) for i in range(20)) >= 15
@@ -108,7 +110,9 @@ def test_mixup_and_cutmix_give_soft_targets(fish_dir: Path, bundle, alphas: tupl
 
 
 def test_balanced_sampling_evens_out_an_imbalanced_set(tmp_path: Path) -> None:
-    folder = generate_synthetic_fish(tmp_path / "fish", species=3, per_class=1, size=16, seed=0, class_counts=[60, 10, 10])
+    folder = generate_synthetic_fish(
+        tmp_path / "fish", species=3, per_class=1, size=16, seed=0, class_counts=[60, 10, 10]
+    )
     cfg = build_config(overrides=[f"data.source={folder}", "data.image_size=16", "train.batch_size=8"])
     bundle = load_data(cfg.data)
     counts = Counter()

@@ -13,7 +13,8 @@ from cnnclinic.errors import UserError
 
 _REPO = Path(__file__).resolve().parents[1]
 REAL_FISH = next(
-    (p for p in (_REPO.parent / "shared", _REPO / "shared", Path("/work/shared")) if (p / "data/fish-egu2017").is_dir()),
+    (p for p in (_REPO.parent / "shared", _REPO / "shared", Path("/work/shared"))
+     if (p / "data/fish-egu2017").is_dir()),
     Path("/work/shared"),
 ) / "data" / "fish-egu2017"
 
@@ -56,7 +57,9 @@ def test_max_per_class_caps_every_class_deterministically(fish_dir: Path) -> Non
 @pytest.mark.parametrize("delimiter", [",", ";"])
 def test_groups_never_straddle_splits(fish_dir: Path, tmp_path: Path, delimiter: str) -> None:
     csv_path = _groups_csv(fish_dir, tmp_path / "clips.csv", delimiter)
-    cfg = DataConfig(source=str(fish_dir), image_size=16, groups_csv=str(csv_path), group_column="clip", test_fraction=0.2)
+    cfg = DataConfig(
+        source=str(fish_dir), image_size=16, groups_csv=str(csv_path), group_column="clip", test_fraction=0.2
+    )
     bundle = load_data(cfg)
     train, val, test = set(bundle.train.groups), set(bundle.val.groups), set(bundle.test.groups)
     assert not (train & val) and not (train & test) and not (val & test)
@@ -79,7 +82,9 @@ def test_real_fish_videos_never_straddle_train_and_val() -> None:
 
 def test_a_class_with_two_groups_lands_in_train_and_val(fish_dir: Path, tmp_path: Path) -> None:
     csv_path = _groups_csv(fish_dir, tmp_path / "clips.csv", ",", per_group=20)  # two clips per species
-    bundle = load_data(DataConfig(source=str(fish_dir), image_size=16, groups_csv=str(csv_path), group_column="clip", val_fraction=0.1))
+    bundle = load_data(
+        DataConfig(source=str(fish_dir), image_size=16, groups_csv=str(csv_path), group_column="clip", val_fraction=0.1)
+    )
     assert _split_classes(bundle, "train") == _split_classes(bundle, "val") == set(bundle.class_names)
     assert not set(bundle.train.groups) & set(bundle.val.groups)
 

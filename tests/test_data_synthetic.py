@@ -21,7 +21,10 @@ from cnnclinic.errors import UserError
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.png"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.png"))
+    }
 
 
 def _pixels(folder: Path, species: str) -> np.ndarray:
@@ -60,7 +63,9 @@ def test_mean_colour_alone_does_not_separate_the_species(fish_dir: Path) -> None
 
 
 def test_class_counts_and_the_hard_species(tmp_path: Path) -> None:
-    out = generate_synthetic_fish(tmp_path / "fish", species=3, per_class=1, size=32, seed=1, class_counts=[6, 2, 6], hard_species=2)
+    out = generate_synthetic_fish(
+        tmp_path / "fish", species=3, per_class=1, size=32, seed=1, class_counts=[6, 2, 6], hard_species=2
+    )
     assert {p.name: len(list(p.glob("*.png"))) for p in out.iterdir()} == {"bream": 6, "perch": 2, "species_x": 6}
     # Species X is bream with other fins: overall colour and the spread of photos stay alike.
     bream, twin, perch = (_pixels(out, name) for name in ("bream", "species_x", "perch"))
@@ -117,7 +122,9 @@ def test_a_non_empty_output_folder_is_refused(fish_dir: Path) -> None:
 
 
 def test_synthetic_fish_source_is_generated_once_into_the_cache(isolated_cache_dir: Path) -> None:
-    cfg = DataConfig(source="synthetic-fish", image_size=16, synthetic=SyntheticFishConfig(species=3, per_class=6, size=16, seed=5))
+    cfg = DataConfig(
+        source="synthetic-fish", image_size=16, synthetic=SyntheticFishConfig(species=3, per_class=6, size=16, seed=5)
+    )
     bundle = load_data(cfg)
     assert bundle.summary["source"] == "synthetic-fish"
     assert bundle.class_names == ["bream", "perch", "pike"]
@@ -126,14 +133,20 @@ def test_synthetic_fish_source_is_generated_once_into_the_cache(isolated_cache_d
     stamp = folder.stat().st_mtime_ns
     assert load_data(cfg).train.paths == bundle.train.paths
     assert folder.stat().st_mtime_ns == stamp
-    other = load_data(cfg.model_copy(update={"synthetic": SyntheticFishConfig(species=3, per_class=6, size=16, seed=6)}))
+    other = load_data(
+        cfg.model_copy(update={"synthetic": SyntheticFishConfig(species=3, per_class=6, size=16, seed=6)})
+    )
     assert Path(other.train.paths[0]).parents[1] != folder
 
 
 def test_make_fish_command(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "my fish"
-    result = runner.invoke(app, ["make-fish", str(out), "--class-counts", "4,2,3", "--size", "20", "--seed", "1", "--hard-species", "1", "--hard-blur", "0.5"])
+    result = runner.invoke(
+        app,
+        ["make-fish", str(out), "--class-counts", "4,2,3", "--size", "20", "--seed", "1",
+         "--hard-species", "1", "--hard-blur", "0.5"],
+    )
     assert result.exit_code == 0, result.output
     assert {p.name: len(list(p.glob("*.png"))) for p in out.iterdir()} == {"bream": 4, "species_x": 2, "pike": 3}
     assert "wrote 9 fish photos" in result.output and "species_x 2" in result.output

@@ -60,7 +60,9 @@ def test_train_images_copied_into_val_are_leakage(train_and_val, tmp_path):
 
 
 def test_tiny_class_is_small_and_imbalanced(tmp_path):
-    folder = generate_synthetic_fish(tmp_path / "fish", species=4, per_class=1, size=32, seed=3, class_counts=[60, 60, 60, 8])
+    folder = generate_synthetic_fish(
+        tmp_path / "fish", species=4, per_class=1, size=32, seed=3, class_counts=[60, 60, 60, 8]
+    )
     report = inspect_data(load_data(DataConfig(source=str(folder), image_size=32)))
     tiny = min((p for p in folder.iterdir()), key=lambda p: len(list(p.iterdir()))).name
     found = symptoms(report)
@@ -73,7 +75,9 @@ def test_tiny_class_is_small_and_imbalanced(tmp_path):
 
 
 def test_blurred_class_is_named_for_image_quality(tmp_path):
-    folder = generate_synthetic_fish(tmp_path / "fish", species=4, per_class=30, size=32, seed=4, hard_species=2, hard_blur=2.0)
+    folder = generate_synthetic_fish(
+        tmp_path / "fish", species=4, per_class=30, size=32, seed=4, hard_species=2, hard_blur=2.0
+    )
     report = inspect_data(load_data(DataConfig(source=str(folder), image_size=32)))
     quality = [f for f in report.findings if f.symptom == "image_quality"]
     assert [f.subject for f in quality] == ["species_x"]
@@ -187,7 +191,9 @@ def test_inspect_with_a_missing_run_is_one_line_user_error(train_and_val, tmp_pa
 @pytest.mark.skipif(not FISH.is_dir(), reason="real fish photos not available")
 def test_real_fish_random_split_leaks_and_video_split_does_not():
     random_split = inspect_data(load_data(DataConfig(source=str(FISH))))
-    grouped = inspect_data(load_data(DataConfig(source=str(FISH), groups_csv=str(FISH / "test-sample.csv"), group_column="video_name")))
+    grouped = inspect_data(
+        load_data(DataConfig(source=str(FISH), groups_csv=str(FISH / "test-sample.csv"), group_column="video_name"))
+    )
     assert ("data_leakage", None) in symptoms(random_split)
     assert random_split.measurements["leakage"]["val"]["share"] > 0.3
     assert ("data_leakage", None) not in symptoms(grouped)

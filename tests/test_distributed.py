@@ -75,7 +75,8 @@ def one_process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _train_as_rank(
-    rank: int, world_size: int, port: int, cfg: Config, run_dir: Path, resume: bool, callbacks: list[Callback], results: Any
+    rank: int, world_size: int, port: int,
+    cfg: Config, run_dir: Path, resume: bool, callbacks: list[Callback], results: Any,
 ) -> None:
     os.environ.update(rank_env(rank, world_size, port))
     torch.set_num_threads(1)
@@ -100,7 +101,9 @@ def train_in_processes(
     results = context.Queue()
     port = free_port()
     processes = [
-        context.Process(target=_train_as_rank, args=(rank, world_size, port, cfg, run_dir, resume, callbacks or [], results))
+        context.Process(
+            target=_train_as_rank, args=(rank, world_size, port, cfg, run_dir, resume, callbacks or [], results)
+        )
         for rank in range(world_size)
     ]
     for process in processes:
@@ -130,7 +133,10 @@ def max_weight_difference(run_a: Path, run_b: Path, name: str = "last") -> float
 def test_torchrun_two_processes_match_one_process(tmp_path, one_process_group):
     two = tmp_path / "two"
     overrides = [f"--set={key}={json.dumps(value)}" for key, value in MATCH.items() if key != "data.source"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "cnnclinic", "train", "--data", "digits", "--out", str(two), *overrides],
@@ -181,7 +187,9 @@ def test_resume_across_processes_continues_the_same_run(tmp_path):
     train_in_processes(cfg.with_overrides(["train.epochs=1"]), resumed)
     outcome = train_in_processes(cfg, resumed, resume=True)
     assert [m["epoch"] for m in read_jsonl(resumed / "metrics.jsonl")] == [1, 2]
-    assert outcome[0][1][-1]["val_loss"] == pytest.approx(read_jsonl(straight / "metrics.jsonl")[-1]["val_loss"], abs=1e-6)
+    assert outcome[0][1][-1]["val_loss"] == pytest.approx(
+        read_jsonl(straight / "metrics.jsonl")[-1]["val_loss"], abs=1e-6
+    )
     assert max_weight_difference(straight, resumed) < 1e-6
 
 
@@ -203,7 +211,9 @@ class StopOnSecondProcess(Callback):
 def test_a_stop_during_a_step_on_one_process_ends_every_process_in_that_step(tmp_path):
     # Rank 1 stops at its first finding (the sigmoid stack's vanishing gradient, early in epoch 1); without
     # the shared stop, rank 0 would wait forever in the next step's gradient all-reduce.
-    outcome = train_in_processes(build_config(overrides=SIGMOID_STACK), tmp_path / "run", callbacks=[StopOnSecondProcess()])
+    outcome = train_in_processes(
+        build_config(overrides=SIGMOID_STACK), tmp_path / "run", callbacks=[StopOnSecondProcess()]
+    )
     assert outcome[0][2] == "another process of this torchrun job stopped the run"
     assert outcome[0][1] == outcome[1][1] == []  # stopped inside epoch 1
     steps = read_jsonl(tmp_path / "run" / "steps.jsonl")
@@ -236,7 +246,9 @@ def test_auto_repair_under_torchrun_is_a_one_line_error(tmp_path, monkeypatch, c
     from cnnclinic import cli
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(sys, "argv", ["cnnclinic", "train", "--data", "digits", "--out", str(tmp_path), "--auto-repair"])
+    monkeypatch.setattr(
+        sys, "argv", ["cnnclinic", "train", "--data", "digits", "--out", str(tmp_path), "--auto-repair"]
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     err = capsys.readouterr().err

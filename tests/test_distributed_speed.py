@@ -40,7 +40,9 @@ def test_bf16_channels_last_run_learns_and_its_checkpoint_is_ordinary(tmp_path):
     assert loaded.weight.dtype == torch.float32 and loaded.weight.is_contiguous()
     images = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.zeros(16, dtype=torch.int64))
     assert torch.allclose(
-        torch.from_numpy(predict_probs(trained.model, images)), torch.from_numpy(predict_probs(result.model, images)), atol=1e-5
+        torch.from_numpy(predict_probs(trained.model, images)),
+        torch.from_numpy(predict_probs(result.model, images)),
+        atol=1e-5,
     )
 
 

@@ -214,7 +214,10 @@ def faulty_setups() -> dict[str, tuple[str, Callable[[], Run]]]:
             "exploding_gradient",
             lambda: train(mlp([64, 64], nn.Tanh), sgd(3.0, momentum=0.9), 2),
         ),
-        "tanh_large_init": ("saturated_activation", lambda: train(init_(mlp([64, 64], nn.Tanh), std=1.0), sgd(0.05), 2)),
+        "tanh_large_init": (
+            "saturated_activation",
+            lambda: train(init_(mlp([64, 64], nn.Tanh), std=1.0), sgd(0.05), 2),
+        ),
         "sgd_lr_50": ("exploding_gradient", lambda: train(mlp([64, 64], nn.ReLU), sgd(50.0), 2)),
         "adam_lr_0.05": ("oscillating_loss", lambda: train(mlp([64, 64], nn.ReLU), adam(0.05), 3)),
         "big_mlp_80_images": (
@@ -225,7 +228,10 @@ def faulty_setups() -> dict[str, tuple[str, Callable[[], Run]]]:
             "lagging_class",
             lambda: train(mlp([64, 64], nn.ReLU), adam(1e-3), 4, data=digits_with_lagging_three()),
         ),
-        "ten_zeros": ("class_imbalance", lambda: train(mlp([64, 64], nn.ReLU), adam(1e-3), 1, data=imbalanced_digits())),
+        "ten_zeros": (
+            "class_imbalance",
+            lambda: train(mlp([64, 64], nn.ReLU), adam(1e-3), 1, data=imbalanced_digits()),
+        ),
     }
 
 

@@ -29,7 +29,9 @@ def history_with_steps(update_ratio: float) -> TrainingHistory:
     for step in (0, 2, 4):
         ratios = {"conv": 5.0 if step == 0 else update_ratio, "fc": 0.001}
         history.samples.append(
-            LayerSample(step=step, epoch=1, grad_norm={}, grad_rms={}, weight_norm={}, init_scale={}, update_ratio=ratios)
+            LayerSample(
+                step=step, epoch=1, grad_norm={}, grad_rms={}, weight_norm={}, init_scale={}, update_ratio=ratios
+            )
         )
     history.step = 4
     return history

@@ -86,9 +86,15 @@ valid_settings = st.one_of(
     st.tuples(st.just("model.dropout"), st.floats(0.0, 0.99)),
     st.tuples(st.just("train.lr"), st.floats(1e-9, 100.0)),
     st.tuples(st.just("train.grad_clip"), st.none() | st.floats(1e-6, 1e6)),
-    st.tuples(st.just("train.focal_alpha"), st.sampled_from(["none", "balanced"]) | st.lists(st.floats(0.0, 10.0), min_size=1, max_size=4)),
+    st.tuples(
+        st.just("train.focal_alpha"),
+        st.sampled_from(["none", "balanced"]) | st.lists(st.floats(0.0, 10.0), min_size=1, max_size=4),
+    ),
     st.tuples(st.just("data.augment.rotation"), st.floats(0.0, 180.0)),
-    st.tuples(st.just("data.augment.strong_classes"), st.lists(st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=8), max_size=3)),
+    st.tuples(
+        st.just("data.augment.strong_classes"),
+        st.lists(st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=8), max_size=3),
+    ),
     st.tuples(st.just("data.max_per_class"), st.none() | st.integers(1, 10**6)),
 )
 

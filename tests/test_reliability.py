@@ -80,7 +80,9 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(fish_
     for kill in range(3):
         # Epochs already on disk (possibly ahead of the checkpoint) must not trigger this kill.
         after_epoch = len(read_records(run / "metrics.jsonl")) + rng.randint(1, 2)
-        process = subprocess.Popen(start if kill == 0 else resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            start if kill == 0 else resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         try:
             _kill_during_epoch(process, run, after_epoch, fraction=rng.random())
         finally:
@@ -107,8 +109,12 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(fish_
     assert leftovers == []
 
 
-def test_a_torn_metrics_line_is_dropped_on_resume_and_the_epoch_is_trained_again(fish_dir: Path, tmp_path: Path) -> None:
-    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 2, "doctor.enabled": False})
+def test_a_torn_metrics_line_is_dropped_on_resume_and_the_epoch_is_trained_again(
+    fish_dir: Path, tmp_path: Path
+) -> None:
+    cfg = build_config(
+        overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 2, "doctor.enabled": False}
+    )
     train(cfg.with_overrides({"train.epochs": 1}), tmp_path, console=quiet(), report=False)
     # A crash in the middle of appending epoch 2's line (after its checkpoint was not yet written).
     with (tmp_path / "metrics.jsonl").open("a") as handle:
@@ -128,9 +134,11 @@ class RaiseLearningRate(Callback):
                 group["lr"] = 1e9
 
 
-def test_a_loss_gone_nan_stops_with_exploding_gradient_and_keeps_the_last_good_checkpoint(fish_dir: Path, tmp_path: Path) -> None:
-    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 4, "train.optimizer": "sgd",
-                                  "train.schedule": "constant", "model.batchnorm": False})
+def test_a_loss_gone_nan_stops_with_exploding_gradient_and_keeps_the_last_good_checkpoint(
+    fish_dir: Path, tmp_path: Path
+) -> None:
+    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 4,
+                                  "train.optimizer": "sgd", "train.schedule": "constant", "model.batchnorm": False})
     result = train(cfg, tmp_path, console=quiet(), callbacks=[RaiseLearningRate()], report=False)
 
     assert [m["epoch"] for m in result.history] == [1]
@@ -148,8 +156,12 @@ def test_a_loss_gone_nan_stops_with_exploding_gradient_and_keeps_the_last_good_c
     assert bool(torch.isfinite(model(torch.zeros(2, 3, 32, 32))).all())
 
 
-def test_a_disk_that_fills_up_mid_run_is_one_line_and_resume_finishes(fish_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 3, "doctor.enabled": False})
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_resume_finishes(
+    fish_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = build_config(
+        overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 3, "doctor.enabled": False}
+    )
     uninterrupted = tmp_path / "uninterrupted"
     train(cfg, uninterrupted, console=quiet(), report=False)
     run = tmp_path / "full"
@@ -181,7 +193,9 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_resume_finishes(fish_dir: 
 
 @pytest.fixture(scope="module")
 def small_run(fish_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = build_config(overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 1, "doctor.enabled": False})
+    cfg = build_config(
+        overrides={"data.source": str(fish_dir), **CRASH_RUN, "train.epochs": 1, "doctor.enabled": False}
+    )
     run = tmp_path_factory.mktemp("reliability") / "run"
     train(cfg, run, console=quiet(), report=False)
     return run
@@ -204,7 +218,9 @@ def test_resume_refuses_a_training_state_carrying_a_malicious_pickle(small_run: 
     state = load_state(run / "checkpoints" / "last.state.pt")
     torch.save({**state, "optimizer": RunsCode(marker)}, run / "checkpoints" / "last.state.pt")
 
-    done = subprocess.run([*COMMAND, "train", "--resume", str(run), "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*COMMAND, "train", "--resume", str(run), "--epochs", "2"], capture_output=True, text=True, timeout=300
+    )
 
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -213,7 +229,9 @@ def test_resume_refuses_a_training_state_carrying_a_malicious_pickle(small_run: 
     assert [m["epoch"] for m in read_records(run / "metrics.jsonl")] == [1]  # nothing trained, nothing lost
 
 
-def test_resume_of_a_state_without_weights_from_an_older_version_is_one_line(small_run: Path, fish_dir: Path, tmp_path: Path) -> None:
+def test_resume_of_a_state_without_weights_from_an_older_version_is_one_line(
+    small_run: Path, fish_dir: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     state = load_state(run / "checkpoints" / "last.state.pt")

@@ -138,7 +138,8 @@ def test_a_failed_cure_is_rolled_back_and_the_next_one_kept(tmp_path: Path, monk
     monkeypatch.setattr(treatment_module, "prescriptions_for", lambda finding: [useless, *real(finding)])
     run_dir = tmp_path / "run"
     result = auto_repair(
-        tiny("model.activation=sigmoid", "model.depth=6", "repair.max_attempts=2"), run_dir, console=quiet(), report=False
+        tiny("model.activation=sigmoid", "model.depth=6", "repair.max_attempts=2"),
+        run_dir, console=quiet(), report=False,
     )
 
     failed, cured = result.treatment["attempts"]
@@ -225,7 +226,9 @@ def test_a_cure_ahead_within_the_noise_runs_on_and_one_behind_is_stopped() -> No
 
     def epoch_end(species_x_auc: float, recurred: bool) -> bool:
         """Whether the attempt is stopped at the end of epoch 6 (its patience) with this AUC."""
-        record = {"epoch": 6, "val_acc": 0.92, "val_macro_auc": 0.97, "val_auc": {"species_x": species_x_auc, "bream": 1.0}}
+        record = {
+            "epoch": 6, "val_acc": 0.92, "val_macro_auc": 0.97, "val_auc": {"species_x": species_x_auc, "bream": 1.0}
+        }
         trainer = SimpleNamespace(history=[record], best_epoch=6, epoch=6, should_stop=False, stop_reason=None,
                                   class_names=["species_x", "bream"], bundle=bundle)
         stopper = StopForTreatment(loop=None, treated=lagging, baseline=baseline, patience=6)
@@ -283,7 +286,10 @@ def test_a_cure_that_helps_is_kept_and_the_next_one_stacked_on_top(tmp_path: Pat
     assert stacked.train.loss == "cross_entropy"  # the rolled-back focal loss is not in it
     assert result.treatment["kept_attempt"] == 3 and result.treatment["kept_chain"] == [0, 2, 3]
     # The first pathology treated, judged on its yardstick before and after the whole repair.
-    assert result.treatment["original"]["judged"]["value"] == 0.5 and result.treatment["final"]["judged"]["value"] == 0.8
+    assert (
+        result.treatment["original"]["judged"]["value"] == 0.5
+        and result.treatment["final"]["judged"]["value"] == 0.8
+    )
     assert [a["kept"] for a in attempts] == [False, True, True]
     final = build_config(result.treatment["final_config"])
     assert final == tiny("repair.max_attempts=4", "repair.epoch_budget=4").with_overrides(
@@ -317,8 +323,13 @@ def test_a_finding_the_budget_cannot_treat_is_named_with_its_cure(tmp_path: Path
     assert treatment["attempts"] == [] and len(result.run.history) == 4
     untreated = next(record for record in treatment["untreated"] if record["symptom"] == "vanishing_gradient")
     assert untreated["epoch"] == 1 and untreated["start"] == "fresh"
-    assert untreated["cure"][0] == "model.activation=relu" and untreated["epochs_needed"] == 4 > untreated["epochs_left"]
-    line = next(line for line in output.getvalue().splitlines() if "vanishing_gradient (epoch 1) was not treated" in line)
+    assert (
+        untreated["cure"][0] == "model.activation=relu"
+        and untreated["epochs_needed"] == 4 > untreated["epochs_left"]
+    )
+    line = next(
+        line for line in output.getvalue().splitlines() if "vanishing_gradient (epoch 1) was not treated" in line
+    )
     assert "repair.epoch_budget" in line and "--set model.activation=relu" in line
 
 
@@ -342,7 +353,9 @@ def test_doctor_prescriptions_come_first_then_the_other_cures_without_repeats() 
     assert cures[:3] == [p.config for p in doctor_order]
     assert ["model.activation=elu"] in cures and ["model.activation=prelu"] in cures and [LR_RANGE_TEST] in cures
     assert len(cures) == len({tuple(c) for c in cures})
-    duplicate = Finding("dying_relu", "warning", 1, 3, {}, "dead units", [Prescription(["model.activation=elu"], "ELU")])
+    duplicate = Finding(
+        "dying_relu", "warning", 1, 3, {}, "dead units", [Prescription(["model.activation=elu"], "ELU")]
+    )
     assert [p.config for p in prescriptions_for(duplicate)].count(["model.activation=elu"]) == 1
 
 
@@ -382,7 +395,10 @@ def test_architecture_changes_restart_from_fresh_weights(changes: list[str], fre
 
 def test_weights_a_too_large_learning_rate_left_at_chance_are_not_warm_started_from() -> None:
     five_classes = {name: 20 for name in "abcde"}  # 100 validation images, chance 0.20, noise 0.08
-    at_chance, learned = ValMetric(0.28, 0.5, 100, class_counts=five_classes), ValMetric(0.45, 0.7, 100, class_counts=five_classes)
+    at_chance, learned = (
+        ValMetric(0.28, 0.5, 100, class_counts=five_classes),
+        ValMetric(0.45, 0.7, 100, class_counts=five_classes),
+    )
     assert not at_chance.learned_something and learned.learned_something
     # Always answering the big class scores 0.8 here: that is chance too.
     assert not ValMetric(0.80, 0.5, 100, class_counts={"a": 80, "b": 20}).learned_something
@@ -394,7 +410,9 @@ def test_weights_a_too_large_learning_rate_left_at_chance_are_not_warm_started_f
     assert not starts_fresh(lr_cut, small_steps, at_chance)  # tiny steps: weights are intact
     assert starts_fresh(elu, small_steps, learned)
     # The Doctor can ask for fresh weights where the evidence says a weight-keeping change needs them.
-    assert starts_fresh(Prescription(["data.balanced_sampling=true"], "rebalance", fresh_weights=True), small_steps, learned)
+    assert starts_fresh(
+        Prescription(["data.balanced_sampling=true"], "rebalance", fresh_weights=True), small_steps, learned
+    )
 
 
 def test_lr_range_test_cure_gives_a_learning_rate_and_its_plot(tmp_path: Path) -> None:

@@ -234,7 +234,10 @@ def make_run_dir(
         for e in range(1, epochs + 1)
     ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    steps = [{"step": s, "epoch": s // 10 + 1, "loss": 1.0 / (1 + s), "lr": 1e-3 * 0.9 ** (s // 10)} for s in range(10 * epochs)]
+    steps = [
+        {"step": s, "epoch": s // 10 + 1, "loss": 1.0 / (1 + s), "lr": 1e-3 * 0.9 ** (s // 10)}
+        for s in range(10 * epochs)
+    ]
     (run_dir / "steps.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     layers = ["features.0", "features.1", "head.0", "head.1"]
     layer_stats = [
@@ -259,7 +262,11 @@ def make_run_dir(
                 "evidence": {"auc": 0.61, "others_median_auc": 0.93, "confused_with": {"bream": 3}},
                 "explanation": "The model learns pike much worse than the other species.",
                 "prescriptions": [
-                    {"config": ["data.augment.strong_classes=[pike]"], "advice": "Augment pike harder.", "restart": False}
+                    {
+                        "config": ["data.augment.strong_classes=[pike]"],
+                        "advice": "Augment pike harder.",
+                        "restart": False,
+                    }
                 ],
             },
             {
@@ -280,7 +287,9 @@ def make_run_dir(
                 "subject": None,
                 "evidence": {"first_last_ratio": 1e-4},
                 "explanation": "Gradients fade before they reach the first layers.",
-                "prescriptions": [{"config": ["model.activation=relu", "model.batchnorm=true"], "advice": "", "restart": True}],
+                "prescriptions": [
+                    {"config": ["model.activation=relu", "model.batchnorm=true"], "advice": "", "restart": True}
+                ],
             },
         ]
     (run_dir / "diagnosis.json").write_text(json.dumps({"findings": findings}))

@@ -14,7 +14,9 @@ from cnnclinic.errors import UserError
 from cnnclinic.training.checkpoint import load_state, load_weights, save_weights
 from cnnclinic.training.trainer import Callback, RunResult, Trainer, train
 
-METRIC_KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_macro_auc", "lr", "seconds"}
+METRIC_KEYS = {
+    "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_macro_auc", "lr", "seconds"
+}
 
 
 def tiny_config(fish_dir: Path, **overrides) -> Config:
