@@ -71,7 +71,9 @@ def launch(procs: int, args: argparse.Namespace, result: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts; the first is the baseline")
+    parser.add_argument(
+        "--procs", type=int, nargs="+", default=[1, 2], help="process counts; the first is the baseline"
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads per process (default: cores / N)")

@@ -87,7 +87,8 @@ class Measured:
             "metric_name": self.metric_name, "metric_before": self.metric_before,
             "metric_after": self.metric_after, "cured": self.cured, "repair_seconds": round(self.repair_wall, 2),
             "repair_cpu_seconds": round(self.repair_cpu, 2), "healthy_seconds": round(self.healthy_wall, 2),
-            "healthy_cpu_seconds": round(self.healthy_cpu, 2), "time_ratio": round(self.repair_wall / self.healthy_wall, 3),
+            "healthy_cpu_seconds": round(self.healthy_cpu, 2),
+            "time_ratio": round(self.repair_wall / self.healthy_wall, 3),
             "cpu_ratio": round(self.repair_cpu / self.healthy_cpu, 3),
             "healthy_epochs": list(self.healthy_epochs), "healthy_stop": self.healthy_stop,
         }
@@ -116,7 +117,9 @@ def measure(case: Case, out: Path) -> Measured:
     repaired, repair_wall, repair_cpu = timed(lambda: auto_repair(case.cfg, repair_dir, console=quiet, report=False))
     treatment = repaired.treatment
     final = build_config(treatment["final_config"]).with_overrides(["train.early_stopping_patience=null"])
-    healthy, healthy_wall, healthy_cpu = timed(lambda: train(final, out / case.name / "healthy", console=quiet, report=False))
+    healthy, healthy_wall, healthy_cpu = timed(
+        lambda: train(final, out / case.name / "healthy", console=quiet, report=False)
+    )
     original = treatment.get("original", {})
     # No attempt: the kept run is the original run, and its findings are the final ones.
     symptoms = [f["symptom"] for f in original["findings"]] if original else treatment["final"]["findings"]
@@ -133,8 +136,8 @@ def measure(case: Case, out: Path) -> Measured:
     return Measured(
         case, found,
         [" ".join(a["change"]) + f" ({a['verdict']})" for a in treatment["attempts"]]
-        + [f"{u['symptom']}{'' if u['subject'] is None else '[' + u['subject'] + ']'} untreated: {u['epochs_needed']} epochs "
-           f"needed, {u['epochs_left']:g} left" for u in treatment["untreated"]],
+        + [f"{u['symptom']}{'' if u['subject'] is None else '[' + u['subject'] + ']'} untreated: "
+           f"{u['epochs_needed']} epochs needed, {u['epochs_left']:g} left" for u in treatment["untreated"]],
         treatment["kept_attempt"], sorted(set(symptoms) - {case.expected_symptom}),
         None if judged_before is None else judged_before["metric_name"], before, after, cured,
         repair_wall, repair_cpu, healthy_wall, healthy_cpu, (len(healthy.history), final.train.epochs),
@@ -144,8 +147,8 @@ def measure(case: Case, out: Path) -> Measured:
 
 def table(results: list[Measured]) -> Table:
     view = Table(title="auto-repair on the faulty-case suite", title_justify="left")
-    for column in ("case", "found", "other findings", "attempts (changes)", "kept", "judged metric", "cured", "repair s",
-                   "healthy s (epochs)", "ratio", "cpu ratio"):
+    for column in ("case", "found", "other findings", "attempts (changes)", "kept", "judged metric", "cured",
+                   "repair s", "healthy s (epochs)", "ratio", "cpu ratio"):
         view.add_column(column)
     for m in results:
         view.add_row(
@@ -163,7 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the demo's quick variants of its five scenarios")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, each case once per seed (default: 0)")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated training seeds, each case once per seed (default: 0)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/repair-benchmark"))
     args = parser.parse_args()
     cases = faulty_cases(args.quick, [int(seed) for seed in args.seeds.split(",")])

@@ -97,25 +97,31 @@ def main() -> None:
     console.print(
         f"{cfg.model.arch} depth {cfg.model.depth} width {cfg.model.width}, {train_images} training images of "
         f"{cfg.data.image_size} px, batch {cfg.train.batch_size}, {args.epochs} epochs, device "
-        f"{resolve_device(cfg.train.device)}, {torch.get_num_threads()} threads, doctor {'on' if args.doctor else 'off'}"
+        f"{resolve_device(cfg.train.device)}, {torch.get_num_threads()} threads, "
+        f"doctor {'on' if args.doctor else 'off'}"
     )
     speeds: dict[str, list[tuple[float, float]]] = {"trainer": [], "bare": []}
     for repeat in range(args.repeats):
         speeds["trainer"].append(trainer_run(cfg, train_images))
         speeds["bare"].append(bare_run(cfg))
         console.print(
-            f"round {repeat + 1}: trainer {speeds['trainer'][-1][0]:,.0f} img/s ({speeds['trainer'][-1][1]:,.0f} per CPU s),"
+            f"round {repeat + 1}: trainer {speeds['trainer'][-1][0]:,.0f} img/s "
+            f"({speeds['trainer'][-1][1]:,.0f} per CPU s),"
             f" bare {speeds['bare'][-1][0]:,.0f} img/s ({speeds['bare'][-1][1]:,.0f} per CPU s)"
         )
     table = Table("loop", "median img/s (wall)", "median img/CPU-s", "rounds (wall)")
     medians = {}
     for name, values in speeds.items():
         medians[name] = (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
-        table.add_row(name, f"{medians[name][0]:,.1f}", f"{medians[name][1]:,.1f}", ", ".join(f"{v[0]:,.0f}" for v in values))
+        table.add_row(
+            name, f"{medians[name][0]:,.1f}", f"{medians[name][1]:,.1f}", ", ".join(f"{v[0]:,.0f}" for v in values)
+        )
     console.print(table)
     wall_ratio = medians["trainer"][0] / medians["bare"][0]
     cpu_ratio = medians["trainer"][1] / medians["bare"][1]
-    console.print(f"trainer / bare: wall-clock [bold]{wall_ratio:.3f}[/], CPU time [bold]{cpu_ratio:.3f}[/] (goal >= 0.95)")
+    console.print(
+        f"trainer / bare: wall-clock [bold]{wall_ratio:.3f}[/], CPU time [bold]{cpu_ratio:.3f}[/] (goal >= 0.95)"
+    )
 
 
 if __name__ == "__main__":
