@@ -20,6 +20,7 @@ demo: install
 	$(VENV)/bin/cnnclinic demo --out runs/demo
 
 test: install
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 
 clean:
