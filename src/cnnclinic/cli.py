@@ -113,7 +113,8 @@ def train_command(
         result = train(cfg, out, console=console, resume=resume is not None)
     if result.best_epoch is not None:
         console.print(f"best val accuracy {result.best_val_acc:.3f} at epoch {result.best_epoch}")
-    console.print(f"{len(result.findings)} findings; run written to [bold]{result.run_dir}[/]")
+    count = len(result.findings)
+    console.print(f"{count} finding{'' if count == 1 else 's'}; run written to [bold]{result.run_dir}[/]")
 
 
 @app.command("evaluate")
