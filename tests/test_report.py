@@ -367,20 +367,27 @@ def test_report_shows_the_treatment_history(tmp_path):
     trigger = {"symptom": "dying_relu", "subject": None, "severity": "warning", "epoch": 1, "step": 9}
     attempts = [
         {"attempt": 1, "trigger": trigger, "change": ["model.activation=leaky_relu"], "advice": "Let units leak.",
-         "start": "fresh", "epochs": 4, "symptom_gone": True, "metric_before": 0.2, "metric_after": 0.41,
-         "cured": True, "kept": False, "stopped_by": "overfitting"},
-        {"attempt": 2, "trigger": trigger | {"symptom": "overfitting"}, "change": ["model.dropout=0.3"],
-         "advice": "", "start": "warm", "epochs": 2, "symptom_gone": True, "metric_before": 0.41,
-         "metric_after": 0.83, "cured": True, "kept": True, "stopped_by": None},
+         "start": "fresh", "epochs": 4, "symptom_gone": True, "metric_name": "val_acc", "metric_before": 0.2,
+         "metric_after": 0.41, "cured": True, "verdict": "cured", "kept": True, "stopped_by": "lagging_class"},
+        {"attempt": 2, "trigger": trigger | {"symptom": "lagging_class", "subject": "pike"},
+         "change": ["model.dropout=0.3"], "advice": "", "start": "warm", "epochs": 2, "symptom_gone": False,
+         "metric_name": "val_auc[pike]", "metric_before": 0.61, "metric_after": 0.64, "cured": False,
+         "verdict": "rolled back", "kept": False, "stopped_by": None},
     ]
-    treatment = {"attempts": attempts, "kept_attempt": 2, "epochs_spent": 7.5, "epoch_budget": 12}
+    untreated = [{"symptom": "overfitting", "subject": None, "epoch": 7, "cure": ["model.dropout=0.5"],
+                  "start": "warm", "epochs_needed": 4, "epochs_left": 1.5}]
+    treatment = {"attempts": attempts, "kept_attempt": 1, "epochs_spent": 10.5, "epoch_budget": 12,
+                 "untreated": untreated}
     (run_dir / "treatment.json").write_text(json.dumps(treatment))
     html = write_report(run_dir).read_text()
-    assert "Treatment history" in html and "Attempt 2 was kept" in html
+    assert "Treatment history" in html and "Attempt 1 was kept" in html
     assert "<code>model.activation=leaky_relu</code>" in html and "Dying relu" in html
-    assert "41.0%" in html and "83.0%" in html and "7.5 of 12" in html
+    # Each attempt on the yardstick it was judged on: an accuracy in percent, a lagging class's AUC as is.
+    assert "20.0%" in html and "41.0%" in html and "<code>val_auc[pike]</code>" in html and "0.64" in html
+    assert "cured, kept" in html and "rolled back" in html and "10.5 of 12" in html
+    assert "not treated</span> Overfitting (epoch 7)" in html and "needs 4 epochs (warm start)" in html
     # Auto-repair that found nothing to treat adds no section.
-    (run_dir / "treatment.json").write_text(json.dumps(treatment | {"attempts": []}))
+    (run_dir / "treatment.json").write_text(json.dumps(treatment | {"attempts": [], "untreated": []}))
     assert "Treatment history" not in write_report(run_dir).read_text()
 
 

@@ -68,13 +68,22 @@ def _finding_views(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(views, key=lambda view: view["order"])
 
 
+def _judged_value(name: str, value: float | None) -> str:
+    """An accuracy as a percentage, an AUC as a number (a lagging class is judged on its AUC)."""
+    return format_value(value) if name.startswith("val_auc") else percent(value)
+
+
 def _treatment_view(treatment: dict[str, Any] | None) -> dict[str, Any] | None:
-    """treatment.json (written by auto-repair) as table rows, one per attempt; None when nothing was tried."""
+    """treatment.json (written by auto-repair) as table rows, one per attempt, and the findings the budget
+    left untreated; None when auto-repair had nothing to report."""
     attempts = (treatment or {}).get("attempts") or []
-    if not attempts:
+    untreated = (treatment or {}).get("untreated") or []
+    if not attempts and not untreated:
         return None
     rows = []
     for attempt in attempts:
+        metric = attempt.get("metric_name") or "val_acc"
+        verdict = attempt.get("verdict") or ("cured" if attempt.get("cured") else "rolled back")
         rows.append(
             {
                 "number": attempt.get("attempt"),
@@ -83,14 +92,27 @@ def _treatment_view(treatment: dict[str, Any] | None) -> dict[str, Any] | None:
                 "advice": attempt.get("advice") or "",
                 "start": attempt.get("start", "–"),
                 "epochs": attempt.get("epochs", "–"),
-                "before": percent(attempt.get("metric_before")),
-                "after": percent(attempt.get("metric_after")),
+                "metric": metric,
+                "before": _judged_value(metric, attempt.get("metric_before")),
+                "after": _judged_value(metric, attempt.get("metric_after")),
                 "symptom_gone": format_value(attempt.get("symptom_gone")),
-                "outcome": "kept" if attempt.get("kept") else ("cured" if attempt.get("cured") else "rolled back"),
+                "outcome": f"{verdict}, kept" if attempt.get("kept") else verdict,
+                "kept": bool(attempt.get("kept")),
             }
         )
     return {
         "rows": rows,
+        "untreated": [
+            {
+                "finding": _finding_title(record),
+                "epoch": record.get("epoch"),
+                "cure": record.get("cure") or [],
+                "start": record.get("start", "–"),
+                "needed": format_value(record.get("epochs_needed")),
+                "left": format_value(record.get("epochs_left")),
+            }
+            for record in untreated
+        ],
         "kept_attempt": treatment.get("kept_attempt"),
         "epochs_spent": format_value(treatment.get("epochs_spent")),
         "epoch_budget": format_value(treatment.get("epoch_budget")),
