@@ -25,6 +25,7 @@ from cnnclinic.models import build_model, count_parameters
 from cnnclinic.report import write_comparison, write_report
 from cnnclinic.report.explain import gradcam_maps
 from cnnclinic.report.figures import gradient_flow_figure
+from cnnclinic.report.html import format_value
 from cnnclinic.report.plot_data import (
     best_epoch_record,
     class_to_explain,
@@ -389,6 +390,11 @@ def test_report_shows_the_treatment_history(tmp_path):
     # Auto-repair that found nothing to treat adds no section.
     (run_dir / "treatment.json").write_text(json.dumps(treatment | {"attempts": [], "untreated": []}))
     assert "Treatment history" not in write_report(run_dir).read_text()
+
+
+def test_evidence_values_read_as_words_even_when_empty():
+    facts = {"class": "carp", "blur_rank": "4 of 5", "data_findings": [], "auc": 0.906912, "lagging": True}
+    assert format_value(facts) == "class: carp, blur_rank: 4 of 5, data_findings: none, auc: 0.9069, lagging: yes"
 
 
 def test_load_run_rejects_what_is_not_a_run_and_survives_a_torn_last_line(tmp_path):

@@ -43,7 +43,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{key}: {format_value(item)}" for key, item in value.items())
     if isinstance(value, (list, tuple)):
-        return ", ".join(format_value(item) for item in value)
+        return ", ".join(format_value(item) for item in value) or "none"
     return str(value)
 
 
