@@ -2,7 +2,8 @@
 
 from cnnclinic.doctor.doctor import Doctor
 from cnnclinic.doctor.finding import Finding, Prescription
+from cnnclinic.doctor.history import RunSoFar
 from cnnclinic.doctor.render import render_finding
 from cnnclinic.doctor.symptoms import SYMPTOMS
 
-__all__ = ["SYMPTOMS", "Doctor", "Finding", "Prescription", "render_finding"]
+__all__ = ["SYMPTOMS", "Doctor", "Finding", "Prescription", "RunSoFar", "render_finding"]
