@@ -681,9 +681,12 @@ class Trainer:
         self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
         if self.dist.is_main:
             _write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-            for name in ("steps.jsonl", "layer_stats.jsonl"):
-                kept = [r for r in read_jsonl(self.run_dir / name) if r["step"] <= self.global_step]
-                _write_jsonl(self.run_dir / name, kept)
+            # steps.jsonl numbers steps from 1 (steps done), the Doctor's layer_stats.jsonl from 0 (the step's
+            # index): the checkpoint holds steps 1..global_step, i.e. indices 0..global_step - 1.
+            steps = [r for r in read_jsonl(self.run_dir / "steps.jsonl") if r["step"] <= self.global_step]
+            _write_jsonl(self.run_dir / "steps.jsonl", steps)
+            samples = [r for r in read_jsonl(self.run_dir / "layer_stats.jsonl") if r["step"] < self.global_step]
+            _write_jsonl(self.run_dir / "layer_stats.jsonl", samples)
         diagnosis_path = self.run_dir / "diagnosis.json"
         if diagnosis_path.is_file():
             from cnnclinic.doctor import Finding
