@@ -108,9 +108,11 @@ def train_command(
 
         result = repair_run(cfg, out, console=console).run
     else:
+        from cnnclinic.training.distributed import finish_distributed
         from cnnclinic.training.trainer import train
 
         result = train(cfg, out, console=console, resume=resume is not None)
+        finish_distributed()
     if result.best_epoch is not None:
         console.print(f"best val accuracy {result.best_val_acc:.3f} at epoch {result.best_epoch}")
     count = len(result.findings)

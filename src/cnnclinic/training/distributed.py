@@ -215,6 +215,17 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def finish_distributed() -> None:
+    """End of a torchrun job's training: wait until every process is done (rank 0 still writes the label check
+    and the report), then leave the process group while the interpreter is fully alive, as PyTorch advises.
+    With only the exit handler, the 2-process test job aborted once in 7 full test runs ("terminate called
+    without an active exception", exit -6); 10 direct launches did not reproduce it, so this is the documented
+    shutdown, not a proven fix."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_distributed(device: torch.device, train_cfg: TrainConfig) -> DistributedContext:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` set), else a single-process context.
 
