@@ -22,15 +22,18 @@ The loop (``auto_repair``):
    - symptom still there but metric improved: **helped**, kept, and the next prescription for the same
      finding is stacked on top of it (a lagging class is cured by a combination of cures);
    - metric not improved: **rolled back** to the kept attempt, the next prescription is tried on it.
-   An attempt stops at the end of the epoch in which its treated symptom comes back, unless it already
-   beats the kept attempt on that pathology's yardstick (a rebalanced lagging class catches up over
-   several epochs, lagging all the while); it also stops when, by half of its epochs, neither its judged
-   metric, its accuracy nor its macro AUC has beaten the kept attempt's (beyond noise) in any epoch. A
-   kept attempt stopped by a new finding is treated in turn.
+   An attempt stops at the end of the epoch in which its treated symptom comes back, and when, by half of
+   its epochs, neither its judged metric, its accuracy nor its macro AUC has beaten the kept attempt's
+   (beyond noise) in any epoch; neither stop applies while it is ahead of the kept attempt on that
+   pathology's yardstick by any margin (a rebalanced lagging class catches up over several epochs,
+   lagging all the while; see ``StopForTreatment``). A kept attempt stopped by a new finding is treated in
+   turn.
 4. Stop when nothing is left to treat, after ``repair.max_attempts`` attempts, or when the epoch budget
    (``repair.epoch_budget`` x ``train.epochs``, over all attempts and range tests together) cannot pay for
    the next attempt's full epochs. A kept cure that a later finding stopped early is then trained on to the
    end of its epochs, so the final model has trained as long as a plain run (budget is reserved for it).
+   A finding whose cure the budget could not pay for when it appeared is not silent: ``treatment.json``
+   lists it under ``untreated`` and the console names its cure.
 
 Every attempt trains in ``RUN_DIR/attempts/<n>/`` (the original run moves to ``attempts/0`` once a
 repair starts); at the end the kept attempt's files are copied to ``RUN_DIR`` and ``treatment.json``
