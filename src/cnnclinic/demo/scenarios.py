@@ -140,13 +140,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         # 15 epochs is chosen for the gap, which does not hold at every length. Label smoothing (0.1: the targets
         # no longer ask for full confidence in a label that may be wrong) makes the quick gain hold in every seed:
         # 12 epochs 52.9/58.5/56.3 -> 64.0/61.5/64.4%, 15 epochs 54.9/53.2/57.9 -> 67.1/61.1/65.5%. MixUp (alpha
-        # 0.4) instead: 12 epochs 64.9/59.6/61.1%.
+        # 0.4) instead: 12 epochs 64.9/59.6/61.1%. Flips and random resized crops on top, the augmentation the
+        # analysis also names, are what the real fish photos need: there this cure without them left the run
+        # overfitting (28.6 -> 32.6%), with them it is cured (28.6 -> 35.7%, train 50%); on the synthetic fish
+        # they cost little: 15 epochs 66.1/66.8/61.9%, 12 epochs 61.3/61.6/62.0%.
         cure=(
             "model.dropout=0.5",
             "train.weight_decay=0.0005",
             "model.width=16",
             "model.head=[64]",
             "train.label_smoothing=0.1",
+            "data.augment.hflip=true",
+            "data.augment.random_resized_crop=true",
         ),
         metric="val_acc",
         synthetic=("data.synthetic.mislabelled=0.2",),
