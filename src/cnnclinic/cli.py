@@ -27,6 +27,17 @@ console = Console(quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True)
 
 
+# Options several commands share, declared once.
+DataOption = Annotated[
+    str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
+]
+GroupsOption = Annotated[
+    Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")
+]
+GroupColumnOption = Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")]
+ConfigOption = Annotated[Path | None, typer.Option(help="YAML config file.")]
+
+
 # --- train, evaluate, predict, lr-find ------------------------------------------------------------
 # Heavy modules (torch, the trainer) are imported inside the commands so `--help` stays fast.
 
@@ -50,20 +61,16 @@ def _config_from_options(
 
 @app.command("train")
 def train_command(
-    data: Annotated[
-        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
-    ] = None,
+    data: DataOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    config: ConfigOption = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Config override key=value (repeatable), e.g. model.activation=elu."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Number of epochs (train.epochs).")] = None,
-    groups: Annotated[
-        Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")
-    ] = None,
-    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    groups: GroupsOption = None,
+    group_column: GroupColumnOption = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last checkpoint.")] = None,
     auto_repair: Annotated[
         bool,
@@ -178,11 +185,9 @@ def predict_command(
 
 @app.command("lr-find")
 def lr_find_command(
-    data: Annotated[
-        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
-    ] = None,
+    data: DataOption = None,
     out: Annotated[Path, typer.Option(help="Where to save the loss-vs-learning-rate plot.")] = Path("lr_find.png"),
-    config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
+    config: ConfigOption = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")] = None,
     steps: Annotated[
         int, typer.Option(help="Mini-batches to try, the LR growing exponentially from 1e-7 to 10.")
@@ -202,13 +207,9 @@ def lr_find_command(
 
 @app.command("inspect")
 def inspect_command(
-    data: Annotated[
-        str | None, typer.Option(help="Image folder (one sub-folder per class), synthetic-fish or digits.")
-    ] = None,
-    groups: Annotated[
-        Path | None, typer.Option(help="CSV giving each image a group (e.g. its video); a group never spans splits.")
-    ] = None,
-    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    data: DataOption = None,
+    groups: GroupsOption = None,
+    group_column: GroupColumnOption = None,
     run: Annotated[
         Path | None,
         typer.Option(help="A run directory: check labels against its out-of-sample (validation) predictions."),
@@ -326,7 +327,7 @@ def demo_command(
     groups: Annotated[
         Path | None, typer.Option(help="CSV giving each image of --data a group (e.g. its video).")
     ] = None,
-    group_column: Annotated[str | None, typer.Option(help="The column of --groups that holds the group.")] = None,
+    group_column: GroupColumnOption = None,
     case: Annotated[list[str] | None, typer.Option(help="Run only this case (repeatable); default: all five.")] = None,
 ) -> None:
     """The five case studies: each pathology reproduced (sick run), named by the doctor and cured (treated run)."""
