@@ -223,7 +223,7 @@ def finish_distributed() -> None:
     shutdown, not a proven fix."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        _leave_process_group()
 
 
 def init_distributed(device: torch.device, train_cfg: TrainConfig) -> DistributedContext:
