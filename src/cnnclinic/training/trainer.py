@@ -56,6 +56,7 @@ from cnnclinic.training.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from cnnclinic.doctor import Doctor, Finding
+    from cnnclinic.doctor.history import RunSoFar
 
 # Files of the run directory a run writes, its report included (a fresh run removes stale ones first).
 RUN_FILES = (
@@ -293,12 +294,11 @@ class Trainer:
             seed_everything(self.cfg.train.seed + self.dist.rank)
             self._setup()
             try:
-                if resume:
-                    self._restore(state)
-                elif self.init_weights is not None:
+                so_far = self._restore(state) if resume else None
+                if not resume and self.init_weights is not None:
                     self._load_init_weights(self.init_weights)
                 if self.cfg.doctor.enabled:
-                    self._start_doctor(resumed=resume)
+                    self._start_doctor(so_far)
                 self._write_run_description()
                 # Opened after a resume has trimmed steps.jsonl (which replaces the file).
                 if self.dist.is_main:
@@ -484,12 +484,10 @@ class Trainer:
         if final or self.epoch % self.cfg.train.checkpoint_every == 0:
             self._save_last()
 
-    def _start_doctor(self, resumed: bool) -> None:
-        """Attach the Doctor; after a resume it counts on from the checkpoint's step and epoch."""
+    def _start_doctor(self, so_far: RunSoFar | None) -> None:
+        """Attach the Doctor; after a resume (``so_far``) it counts on from the checkpoint's step and epoch."""
         from cnnclinic.doctor import Doctor
-        from cnnclinic.doctor.history import RunSoFar
 
-        first_losses = tuple(r["loss"] for r in read_jsonl(self.run_dir / "steps.jsonl")[:3]) if resumed else ()
         self.doctor = Doctor(
             self.model,
             self.optimizer,
@@ -499,7 +497,7 @@ class Trainer:
             sample_every=self.cfg.doctor.sample_every,
             on_finding=self._on_finding,
             data_facts=self._class_data_facts,
-            so_far=RunSoFar(self.global_step, self.epoch, first_losses) if resumed else None,
+            so_far=so_far,
         )
 
     def _update_early_stopping(self, val_loss: float) -> None:
@@ -663,7 +661,11 @@ class Trainer:
                             "the weights; start the run again")
         return state
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any]) -> RunSoFar:
+        """Load the checkpoint's state and trim the run's files back to it; what the run had done, for the
+        Doctor."""
+        from cnnclinic.doctor.history import RunSoFar
+
         if list(state["class_names"]) != self.class_names:
             raise UserError(
                 f"cannot resume {self.run_dir}: it was trained on classes {state['class_names']}, "
@@ -679,11 +681,11 @@ class Trainer:
         self.early_stopping = dict(state["early_stopping"])
         # Drop whatever a crashed run wrote after its last checkpoint, so the files match the state.
         self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.epoch]
+        # steps.jsonl numbers steps from 1 (steps done), the Doctor's layer_stats.jsonl from 0 (the step's
+        # index): the checkpoint holds steps 1..global_step, i.e. indices 0..global_step - 1.
+        steps = [r for r in read_jsonl(self.run_dir / "steps.jsonl") if r["step"] <= self.global_step]
         if self.dist.is_main:
             _write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-            # steps.jsonl numbers steps from 1 (steps done), the Doctor's layer_stats.jsonl from 0 (the step's
-            # index): the checkpoint holds steps 1..global_step, i.e. indices 0..global_step - 1.
-            steps = [r for r in read_jsonl(self.run_dir / "steps.jsonl") if r["step"] <= self.global_step]
             _write_jsonl(self.run_dir / "steps.jsonl", steps)
             samples = [r for r in read_jsonl(self.run_dir / "layer_stats.jsonl") if r["step"] < self.global_step]
             _write_jsonl(self.run_dir / "layer_stats.jsonl", samples)
@@ -697,6 +699,7 @@ class Trainer:
         if state["loader_rng"] is not None and self.loaders.train.generator is not None:
             self.loaders.train.generator.set_state(state["loader_rng"])
         self.console.print(f"resuming {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
+        return RunSoFar(self.global_step, self.epoch, tuple(r["loss"] for r in steps[:3]))
 
     def _load_init_weights(self, path: Path) -> None:
         tensors, metadata = load_weights(path)
